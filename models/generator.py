@@ -1,0 +1,130 @@
+"""One-to-many: a prompt -> a stream of characters from a char-level RNN language model.
+
+The step API (`step(tokens, state) -> logits, state`) is what serving batches: every
+sequence's memory is a fixed-size state, so requests can join and leave a running batch
+by slicing and concatenating states (Karpathy 2015, "The Unreasonable Effectiveness of RNNs").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models.artifact import check_vocab_size, load_weights, read_config, save_module
+from models.rnn import State, from_state, make_rnn, to_state
+from models.vocab import SPECIALS, UNK_ID, Vocab
+
+TASK = "generator"
+VOCAB_FILE = "vocab.json"
+# An empty prompt starts the text as if after a blank line.
+EMPTY_PROMPT = "\n"
+
+
+@dataclass(frozen=True)
+class CharLMConfig:
+    vocab_size: int
+    embedding_dim: int = 64
+    hidden_size: int = 512
+    num_layers: int = 2
+    cell: str = "lstm"
+    dropout: float = 0.2
+
+
+class CharLM(nn.Module):
+    def __init__(self, config: CharLMConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.rnn = make_rnn(config.cell, config.embedding_dim, config.hidden_size,
+                            config.num_layers, dropout=config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def init_state(self, batch_size: int) -> State:
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        parts = 2 if self.config.cell == "lstm" else 1
+        weight = self.head.weight
+        return tuple(weight.new_zeros(shape) for _ in range(parts))
+
+    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """tokens (B, T) -> logits (B, T, V) and the state after the last step."""
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        embedded = self.embedding(tokens)  # (B, T, E)
+        outputs, hidden = self.rnn(embedded, from_state(state, self.config.cell))  # (B, T, H)
+        return self.head(self.dropout(outputs)), to_state(hidden)
+
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One character per sequence: tokens (B,) -> logits (B, V), next state."""
+        logits, state = self(tokens[:, None], state)  # (B, 1, V)
+        return logits[:, 0], state
+
+
+def sample_next(logits: Tensor, temperature: Tensor, top_k: Tensor,
+                generators: list[torch.Generator | None]) -> Tensor:
+    """Sample one token per row with its own temperature, top-k (0 = off) and RNG.
+
+    logits (B, V), temperature (B,), top_k (B,) -> tokens (B,). Each row draws only from its
+    own generator, so a seeded request gives the same text whatever it is batched with.
+    """
+    logits = logits.float().clone()
+    logits[:, : len(SPECIALS)] = float("-inf")  # never emit padding, unknown or boundaries
+    logits = logits / temperature[:, None]
+    vocab = logits.shape[-1]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, torch.full_like(top_k, vocab))
+    if bool((k < vocab).any()):
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.cat([torch.multinomial(probs[row], 1, generator=gen)
+                      for row, gen in enumerate(generators)])
+
+
+class CharGenerator:
+    """The character vocabulary and the language model together."""
+
+    def __init__(self, module: CharLM, vocab: Vocab):
+        check_vocab_size(VOCAB_FILE, len(vocab), module.embedding.num_embeddings)
+        self.module = module
+        self.vocab = vocab
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab.stoi.get(ch, UNK_ID) for ch in (text or EMPTY_PROMPT)]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.vocab.decode(ids))
+
+    @torch.inference_mode()
+    def prime(self, prompt: str) -> tuple[Tensor, State]:
+        """Run the prompt through the model: logits for the first new character (V,), state."""
+        ids = torch.tensor([self.encode(prompt)])  # (1, P)
+        logits, state = self.module(ids)
+        return logits[0, -1], state
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_tokens: int, temperature: float = 0.8, top_k: int = 0,
+                 seed: int | None = None) -> str:
+        """Sample a continuation one character at a time (the unbatched reference)."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        logits, state = self.prime(prompt)
+        logits = logits[None]
+        out: list[int] = []
+        for _ in range(max_tokens):
+            token = sample_next(logits, torch.tensor([temperature]), torch.tensor([top_k]),
+                                [generator])
+            out.append(int(token))
+            logits, state = self.module.step(token, state)
+        return self.decode(out)
+
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        save_module(directory, TASK, self.module.config, self.module, dtype)
+        self.vocab.save(Path(directory) / VOCAB_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CharGenerator:
+        config = CharLMConfig(**read_config(directory, TASK))
+        module = load_weights(directory, CharLM(config))
+        return cls(module, Vocab.load(Path(directory) / VOCAB_FILE))

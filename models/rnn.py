@@ -1,0 +1,67 @@
+"""The recurrent cells every model can choose from, and the state they carry.
+
+The plain (Elman) RNN is the memory in its simplest form:
+    h_t = tanh(W_hh h_{t-1} + W_xh x_t + b)
+GRU and LSTM add gates that decide how much of h_{t-1} to keep, which is what lets
+them hold information across long sequences where the plain cell's memory fades.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+CELLS = ("rnn", "gru", "lstm")
+
+# A recurrent state is always a tuple of (L * D, B, H) tensors: (h,) for rnn/gru, (h, c) for lstm.
+# One shape for all cells lets serving slice and concatenate states without knowing the cell.
+State = tuple[Tensor, ...]
+
+
+def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+             bidirectional: bool = False, dropout: float = 0.0) -> nn.RNNBase:
+    """A batch-first torch RNN of the chosen cell."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+    return cls(input_size, hidden_size, num_layers=num_layers, batch_first=True,
+               bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+
+
+def elman_recurrence(x: Tensor, w_xh: Tensor, w_hh: Tensor, b: Tensor | None = None,
+                     h0: Tensor | None = None,
+                     activation: Callable[[Tensor], Tensor] = torch.tanh) -> Tensor:
+    """Reference Elman recurrence, one step at a time. x: (B, T, I) -> hidden states (B, T, H).
+
+    Written out so the memory can be read (and tested) directly; nn.RNN computes the same.
+    """
+    batch, steps, _ = x.shape
+    h = x.new_zeros(batch, w_hh.shape[0]) if h0 is None else h0
+    outputs = []
+    for t in range(steps):
+        pre = h @ w_hh.T + x[:, t] @ w_xh.T  # (B, H)
+        if b is not None:
+            pre = pre + b
+        h = activation(pre)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)  # (B, T, H)
+
+
+def to_state(hidden: Tensor | tuple[Tensor, Tensor]) -> State:
+    return tuple(hidden) if isinstance(hidden, tuple) else (hidden,)
+
+
+def from_state(state: State, cell: str) -> Tensor | tuple[Tensor, Tensor]:
+    return (state[0], state[1]) if cell == "lstm" else state[0]
+
+
+def select_state(state: State, index: Tensor) -> State:
+    """Rows `index` of every part of the state (batch is dim 1)."""
+    return tuple(part.index_select(1, index) for part in state)
+
+
+def cat_states(states: Sequence[State]) -> State:
+    """Join states of several batches along the batch dimension."""
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
