@@ -77,13 +77,15 @@ def ship(tag: str, directory: Path = SHIPPED_DIR) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("import-shipped", help="import models/pretrained/* missing from the store")
+    import_cmd = commands.add_parser("import-shipped", help="import shipped models missing from the store")
+    import_cmd.add_argument("--dir", type=Path, default=SHIPPED_DIR,
+                            help=f"folder of shipped artifacts (default {SHIPPED_DIR})")
     ship_cmd = commands.add_parser("ship", help="copy store models into models/pretrained/")
     ship_cmd.add_argument("tags", nargs="+", help="store tags, e.g. sentiment-rnn:latest")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "import-shipped":
-        tags = import_shipped()
+        tags = import_shipped(args.dir)
         log.info("imported %s", ", ".join(tags) if tags else "nothing: the store has every shipped model")
     else:
         for tag in args.tags:

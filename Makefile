@@ -1,0 +1,51 @@
+# Every target installs into .venv first, so each works on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: install test test-quick lint format serve train train-quick evaluate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(STAMP)  ## create .venv with the pinned dependencies
+
+test: install  ## ruff, then the whole pytest suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+test-quick: install  ## ruff, then the tests not marked slow
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+serve: install  ## import the shipped models into the store if missing, serve on $(HOST):$(PORT)
+	$(PY) -m training.store import-shipped
+	$(VENV)/bin/bentoml serve service.app:RNNServe --host $(HOST) --port $(PORT)
+
+train: install  ## full profile, all models, into the local BentoML store
+	$(PY) -m training.train_all --profile full
+
+train-quick: install  ## minutes: a smoke run of every model
+	$(PY) -m training.train_all --profile quick
+
+evaluate: install  ## test-split metrics of the store's (or shipped) models: JSON lines, then a table
+	$(PY) -m training.evaluate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
