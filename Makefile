@@ -9,7 +9,7 @@ PORT ?= 3000
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install test test-quick lint format serve train train-quick evaluate clean
+.PHONY: install test test-quick lint format serve train train-quick evaluate clean bento container
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,13 @@ evaluate: install  ## test-split metrics of the store's (or shipped) models: JSO
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The bento is built from the BentoML store in $BENTOML_HOME (default ~/bentoml), the one
+# `make serve` fills: BENTOML_HOME=/some/dir make bento builds from (and into) another store.
+bento: install  ## the CPU bento rnn-serve:<version>: service + the store's models (shipped ones imported); offline
+	$(PY) -m training.store import-shipped
+	$(VENV)/bin/bentoml build -f bentofile.yaml
+
+IMAGE ?= rnn-serve:latest
+container: bento  ## docker image $(IMAGE) from the latest bento: needs a running Docker engine (none on these machines)
+	$(VENV)/bin/bentoml containerize rnn-serve:latest -t $(IMAGE)

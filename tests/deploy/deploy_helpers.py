@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
@@ -117,3 +119,24 @@ def import_tiny_models(shipped_dir: Path, bentoml_home: Path) -> None:
     """Fill a BentoML store with the shipped-layout models in `shipped_dir`, as `make serve` does."""
     subprocess.run([sys.executable, "-m", "training.store", "import-shipped", "--dir", str(shipped_dir)],
                    cwd=REPO, env=store_env(bentoml_home), check=True, capture_output=True, timeout=300)
+
+
+@contextmanager
+def bentoml_server(target: str, env: dict[str, str], cwd: Path, log_path: Path) -> Iterator[str]:
+    """`bentoml serve target` on a free loopback port; yields its URL once /readyz answers 200.
+
+    Stopped on exit, also when the body fails. A server that never gets ready fails with its log.
+    """
+    port = free_port()
+    with log_path.open("w") as log:
+        command = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            try:
+                wait_for_http(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
+            except (RuntimeError, TimeoutError) as error:
+                log.flush()
+                raise AssertionError(f"{error}\n--- server log ---\n{log_path.read_text()}") from None
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
