@@ -1,0 +1,115 @@
+"""Training smoke runs on made-up data: complete artifacts, resume, bad flags, torchrun DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fake_data
+import pytest
+
+from models.generator import CharGenerator
+from models.sentiment import SentimentClassifier
+from models.translator import Translator
+from training import data, train_generator, train_sentiment, train_translator
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+ARTIFACT_FILES = {"config.json", "weights.safetensors", "metrics.json", "README.md",
+                  "training_curve.png"}
+
+
+@pytest.fixture(autouse=True)
+def made_up_data(monkeypatch):
+    for name in ("sst2_splits", "shakespeare_splits", "multi30k_splits", "ko_en_splits", "sha256_of"):
+        monkeypatch.setattr(data, name, getattr(fake_data, {"multi30k_splits": "translation_splits",
+                                                            "ko_en_splits": "translation_splits"}
+                                               .get(name, name)))
+
+
+def check_artifact(folder: Path, extra: set[str], task: str) -> dict:
+    assert ARTIFACT_FILES | extra <= {p.name for p in folder.iterdir()}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("test", "validation", "data_sha256", "git_commit", "training_seconds", "parameters",
+                "hardware", "command"):
+        assert key in metrics, key
+    assert json.loads((folder / "config.json").read_text())["task"] == task
+    assert "Test metrics" in (folder / "README.md").read_text()
+    return metrics
+
+
+def test_sentiment_smoke_writes_a_complete_artifact(tmp_path):
+    metrics = train_sentiment.main(["--profile", "quick", "--epochs", "2", "--no-store",
+                                    "--checkpoint-dir", str(tmp_path / "ck"), "--cell", "gru"])
+    folder = Path(metrics["folder"])
+    check_artifact(folder, {"vocab.json"}, "sentiment")
+    model = SentimentClassifier.load(folder)
+    assert model.predict_proba(["A great film!"]).shape == (1, 2)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 100.0
+    assert len(metrics["validation"]) == 1 and metrics["epochs_run"] == 2
+
+
+def test_generator_smoke_writes_a_complete_artifact(tmp_path):
+    metrics = train_generator.main(["--profile", "quick", "--steps", "20", "--eval-every", "10",
+                                    "--no-store", "--checkpoint-dir", str(tmp_path / "ck")])
+    folder = Path(metrics["folder"])
+    check_artifact(folder, {"vocab.json"}, "generator")
+    assert len(CharGenerator.load(folder).generate("the ", 10, seed=1)) == 10
+    assert metrics["test"]["val_loss"] > 0
+
+
+def test_translator_smoke_writes_a_complete_artifact(tmp_path):
+    metrics = train_translator.main(["--profile", "quick", "--epochs", "1", "--no-store",
+                                     "--source-vocab", "40", "--target-vocab", "40",
+                                     "--checkpoint-dir", str(tmp_path / "ck")])
+    folder = Path(metrics["folder"])
+    check_artifact(folder, {"source.model", "target.model"}, "translator")
+    out = Translator.load(folder).translate(["ein mann läuft"], beam_size=2)
+    assert isinstance(out[0].translation, str)
+    assert {"bleu", "bleu_lowercase", "bleu_greedy"} <= set(metrics["test"])
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    flags = ["--profile", "quick", "--no-store", "--checkpoint-dir", str(tmp_path / "ck")]
+    first = train_sentiment.main([*flags, "--epochs", "1"])
+    resumed = train_sentiment.main([*flags, "--epochs", "2", "--resume"])
+    assert first["epochs_run"] == 1 and resumed["epochs_run"] == 2
+    assert (tmp_path / "ck" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cell", "transformer"], "invalid choice"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "-1"], "--lr must be >= 0.0"),
+    (["--epochs", "two"], "invalid int value"),
+])
+def test_bad_flags_exit_with_a_clear_error(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_sentiment.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_device_is_refused_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        train_sentiment.main(["--profile", "quick", "--device", "cuda", "--no-store"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_with_ddp(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(HERE / "fake_data.py"), "training.train_sentiment", "--profile", "quick",
+         "--epochs", "1", "--no-store", "--checkpoint-dir", str(tmp_path / "ck")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1: train loss" in result.stderr
+    assert (tmp_path / "ck" / "best.pt").is_file()

@@ -1,0 +1,288 @@
+"""What the three training scripts share: run configs from flags, devices, seeds, distributed
+data parallel, checkpoints, early stopping and writing the finished artifact into the store.
+
+Small functions, not a Trainer: each script keeps its own loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, write_json
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def help_field(default: Any, help: str, choices: tuple | None = None,
+               minimum: float | None = None) -> Any:
+    """A dataclass field whose help text, choices and minimum become the argparse flag's."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": choices, "minimum": minimum})
+
+
+def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str, Any]],
+                 description: str) -> Any:
+    """Build run config `cls` from a --profile's defaults overridden by one flag per field."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", choices=sorted(profiles), default="full",
+                        help="preset of defaults (%(choices)s); any flag below overrides it")
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+        text = f"{f.metadata['help']} (default {f.default!r}, or the profile's)"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=text,
+                                choices=f.metadata["choices"])
+    args = parser.parse_args(argv)
+    values = {**profiles[args.profile]}
+    values.update({k: v for k, v in vars(args).items() if k != "profile" and v is not None})
+    config = cls(**values)
+    for f in fields:
+        minimum = f.metadata["minimum"]
+        if minimum is not None and getattr(config, f.name) < minimum:
+            parser.error(f"--{f.name.replace('_', '-')} must be >= {minimum}, "
+                         f"got {getattr(config, f.name)}")
+    return config
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here (use auto or cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+# ---- distributed data parallel (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) ----
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), world
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, world: int) -> nn.Module:
+    if world == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def shutdown_distributed(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- checkpoints and early stopping ----
+
+@dataclasses.dataclass
+class Progress:
+    """Everything a resumed run needs besides the weights: written beside them."""
+
+    epoch: int = 0
+    step: int = 0
+    best_metric: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def improved(self, metric: float, higher_is_better: bool) -> bool:
+        """Record an epoch's validation metric; True when it is the best so far."""
+        better = self.best_metric is None or (
+            metric > self.best_metric if higher_is_better else metric < self.best_metric)
+        if better:
+            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+
+def save_checkpoint(directory: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                    progress: Progress, best: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+             "progress": json.dumps(dataclasses.asdict(progress))}
+    tmp = directory / "last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(directory / "last.pt")
+    if best:
+        torch.save(module.state_dict(), directory / "best.pt")
+
+
+def load_checkpoint(directory: Path, module: nn.Module,
+                    optimizer: torch.optim.Optimizer) -> Progress | None:
+    path = directory / "last.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    progress = Progress(**json.loads(state["progress"]))
+    log.info("resumed from %s at epoch %d step %d", path, progress.epoch, progress.step)
+    return progress
+
+
+def load_best(directory: Path, module: nn.Module) -> None:
+    module.load_state_dict(torch.load(directory / "best.pt", map_location="cpu", weights_only=True))
+
+
+# ---- the finished artifact ----
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+
+
+def plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    keys = [k for k in history[0] if k != "epoch"] if history else []
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * max(len(keys), 1), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        ax.plot(epochs, [h[key] for h in history], marker="o")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def model_card(name: str, summary: str, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    lines = [f"# {name}", "", summary, "", "## Test metrics", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics["test"].items()]
+    lines += ["", "## Validation (model selection)", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics["validation"].items()]
+    lines += ["", "## Architecture", "", "```json", json.dumps(config, indent=2), "```", "",
+              "## Training", "",
+              f"- data: {', '.join(f'{k} (sha256 {v[:12]}...)' for k, v in metrics['data_sha256'].items())}",
+              f"- parameters: {metrics['parameters']:,}",
+              f"- training time: {metrics['training_seconds']:.0f} s on {metrics['hardware']}",
+              f"- best epoch: {metrics['best_epoch']}",
+              f"- command: `{metrics['command']}`",
+              f"- commit: {metrics['git_commit']}",
+              "", "Reproduce the test numbers with `make evaluate`.", ""]
+    return "\n".join(lines)
+
+
+def finish_artifact(name: str, task: str, cell: str, summary: str, save: Callable[[Path], None],
+                    evaluate: Callable[[Path], tuple[dict[str, float], dict[str, float]]],
+                    module: nn.Module, run_config: Any, progress: Progress, device: torch.device,
+                    data_sha256: dict[str, str], argv: list[str] | None,
+                    store: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Save (fp16), reload, evaluate exactly what ships, write metrics/card/curve, store it.
+
+    `evaluate(folder)` loads the artifact from `folder` and returns (validation, test) metrics.
+    Returns the artifact folder (in the store when `store`) and its metrics.
+    """
+    import sys
+
+    import bentoml
+
+    from training.store import save_to_store
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    save(tmp)
+    validation, test = evaluate(tmp)
+    config = json.loads((tmp / "config.json").read_text())["model"]
+    metrics = {
+        "model": name, "task": task, "cell": cell, "validation": validation, "test": test,
+        "data_sha256": data_sha256, "git_commit": git_commit(), "parameters": parameter_count(module),
+        "training_seconds": round(progress.seconds, 1), "hardware": hardware(device),
+        "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+        "run_config": dataclasses.asdict(run_config),
+        "command": " ".join(["python -m", f"training.train_{task}",
+                             *(sys.argv[1:] if argv is None else argv)]),
+        "torch": torch.__version__,
+    }
+    write_json(tmp / METRICS_FILE, metrics)
+    (tmp / CARD_FILE).write_text(model_card(name, summary, config, metrics), encoding="utf-8")
+    if progress.history:
+        plot_curve(progress.history, tmp / CURVE_FILE, name)
+    if not store:
+        return tmp, metrics
+
+    def copy(path: Path) -> None:
+        for item in tmp.iterdir():
+            (path / item.name).write_bytes(item.read_bytes())
+
+    model = save_to_store(name, copy, labels={"task": task, "cell": cell},
+                          metadata={"task": task, "cell": cell, "parameters": metrics["parameters"],
+                                    **{f"test_{k}": v for k, v in test.items()}})
+    return Path(bentoml.models.get(model.tag).path), metrics
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def length_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None,
+                   rank: int = 0, world: int = 1, pool: int = 50) -> list[list[int]]:
+    """Index batches of similar lengths, so little compute goes to padding.
+
+    Shuffle (when a generator is given), sort within pools of `pool` batches by length, cut
+    batches, shuffle their order, then give each rank every world-th batch (DDP sharding).
+    """
+    count = len(lengths)
+    order = torch.randperm(count, generator=generator).tolist() if generator else list(range(count))
+    batches = []
+    for start in range(0, count, batch_size * pool):
+        chunk = sorted(order[start:start + batch_size * pool], key=lengths.__getitem__)
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    if world > 1:  # equal counts per rank, or DDP's all-reduce would wait forever
+        batches = batches[: len(batches) // world * world][rank::world]
+    return batches

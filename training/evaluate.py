@@ -1,0 +1,159 @@
+"""Evaluate the served models on their test splits: one JSON line per model, then a table.
+
+    python -m training.evaluate                  # every model in the store, else the shipped copy
+    python -m training.evaluate --split val      # validation instead of test
+
+The metric functions here are also what training selects models with (on validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import sacrebleu
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from models.generator import CharGenerator
+from models.sentiment import SentimentClassifier
+from models.translator import Translator
+
+log = logging.getLogger(__name__)
+
+WINDOW = 256  # generator loss: windows of 256 characters, each from a zero state (nanoGPT's block)
+
+
+@torch.inference_mode()
+def sentiment_accuracy(model: SentimentClassifier, pairs: list[tuple[str, int]],
+                       batch_size: int = 256) -> dict[str, float]:
+    correct = 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        predicted = model.predict_proba([text for text, _ in chunk]).argmax(dim=-1)
+        correct += int((predicted == torch.tensor([label for _, label in chunk])).sum())
+    return {"accuracy": round(100.0 * correct / len(pairs), 2)}
+
+
+@torch.inference_mode()
+def char_loss(model: CharGenerator, text: str, window: int = WINDOW, batch_size: int = 64,
+              max_windows: int | None = None) -> dict[str, float]:
+    """Mean cross-entropy (nats/char) over non-overlapping windows, each from a zero state."""
+    ids = torch.tensor(model.encode(text))
+    count = (len(ids) - 1) // window
+    if max_windows is not None:
+        count = min(count, max_windows)
+    inputs = ids[: count * window].view(count, window)  # (N, W)
+    targets = ids[1: count * window + 1].view(count, window)  # (N, W)
+    total = 0.0
+    for start in range(0, count, batch_size):
+        logits, _ = model.module(inputs[start:start + batch_size])  # (B, W, V)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(),
+                                       targets[start:start + batch_size].flatten(), reduction="sum"))
+    loss = total / (count * window)
+    return {"val_loss": round(loss, 4), "bits_per_char": round(loss / math.log(2), 4)}
+
+
+@torch.inference_mode()
+def translation_bleu(model: Translator, pairs: list[tuple[str, str]], beam_size: int = 1,
+                     batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """sacreBLEU (13a) of detokenised output against the raw references, cased and lowercased."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))  # similar lengths batch well
+    hypotheses = [""] * len(pairs)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=f"translate beam={beam_size}", disable=not progress):
+        chunk = order[start:start + batch_size]
+        for i, out in zip(chunk, model.translate([pairs[i][0] for i in chunk], beam_size),
+                          strict=True):
+            hypotheses[i] = out.translation
+    references = [[target for _, target in pairs]]
+    return {"bleu": round(sacrebleu.corpus_bleu(hypotheses, references).score, 2),
+            "bleu_lowercase": round(sacrebleu.corpus_bleu(hypotheses, references,
+                                                          lowercase=True).score, 2)}
+
+
+MODEL_NAMES = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
+# (metric, target, higher is better) from the quality issue; ko-en has no target
+TARGETS = {"sentiment-rnn": ("accuracy", 86.0, True), "char-generator": ("val_loss", 1.40, False),
+           "translator-de-en": ("bleu", 37.0, True)}
+
+
+def locate(name: str, source: str) -> tuple[str, Path]:
+    """(tag, folder) of model `name`: the store's latest, else (or with source=shipped) the repo's."""
+    from training.store import SHIPPED_DIR, STORE_INFO_FILE
+
+    if source in ("auto", "store"):
+        import bentoml
+
+        try:
+            model = bentoml.models.get(f"{name}:latest")
+            return str(model.tag), Path(model.path)
+        except bentoml.exceptions.NotFound:
+            if source == "store":
+                raise
+    folder = SHIPPED_DIR / name
+    info = json.loads((folder / STORE_INFO_FILE).read_text())
+    return f"{info['name']}:{info['version']}", folder
+
+
+def evaluate_folder(folder: Path, split: str) -> dict[str, float]:
+    """The headline metrics of the artifact in `folder` on `split` (test or val)."""
+    from training import data
+
+    task = json.loads((folder / "config.json").read_text())["task"]
+    if task == "sentiment":
+        pairs = data.sst2_splits()["test" if split == "test" else "dev"]
+        return sentiment_accuracy(SentimentClassifier.load(folder), pairs)
+    if task == "generator":  # no test split: the nanoGPT validation split is the report split
+        return char_loss(CharGenerator.load(folder), data.shakespeare_splits()["val"])
+    model = Translator.load(folder)
+    splits = data.multi30k_splits() if model.config.source_lang == "de" else data.ko_en_splits()
+    beam = json.loads((folder / "metrics.json").read_text())["run_config"].get("test_beam", 5)
+    greedy = translation_bleu(model, splits[split], beam_size=1, progress=True)
+    beamed = translation_bleu(model, splits[split], beam_size=beam, progress=True)
+    return {**beamed, "beam_size": beam, "bleu_greedy": greedy["bleu"],
+            "bleu_lowercase_greedy": greedy["bleu_lowercase"]}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | tag | metric | value | target | met |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        metric, target, higher = TARGETS.get(row["model"], (None, None, True))
+        for key, value in row.items():
+            if key in ("model", "tag"):
+                continue
+            shown = target if key == metric else None
+            met = "" if shown is None else ("yes" if (value >= target if higher else value <= target)
+                                            else "no")
+            lines.append(f"| {row['model']} | {row['tag']} | {key} | {value} | "
+                         f"{'' if shown is None else shown} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
+                        help="which models to evaluate")
+    parser.add_argument("--source", choices=("auto", "store", "shipped"), default="auto",
+                        help="auto: the store's latest, else the copy in models/pretrained")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test for reports; val for model selection")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for name in args.models:
+        tag, folder = locate(name, args.source)
+        row = {"model": name, "tag": tag, **evaluate_folder(folder, args.split)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print()
+    print(markdown_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

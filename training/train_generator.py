@@ -1,0 +1,153 @@
+"""Train the one-to-many model: a char-level RNN language model on Tiny Shakespeare.
+
+    python -m training.train_generator --cell lstm --max-minutes 30
+    torchrun --nproc_per_node=2 -m training.train_generator --profile quick
+
+Training samples random windows, each from a zero state, and validation scores windows of
+256 characters from a zero state (nanoGPT's split and block size), so numbers compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from models.generator import CharGenerator, CharLM, CharLMConfig
+from models.rnn import CELLS
+from models.vocab import Vocab
+from training import common, data
+from training.common import help_field
+from training.evaluate import char_loss
+
+log = logging.getLogger(__name__)
+
+NAME = "char-generator"
+
+
+@dataclass
+class RunConfig:
+    cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
+    embedding_dim: int = help_field(64, "character embedding size", minimum=1)
+    hidden_size: int = help_field(512, "hidden units per layer", minimum=1)
+    num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
+    dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0)
+    seq_len: int = help_field(128, "characters per training window", minimum=2)
+    batch_size: int = help_field(64, "windows per step (per process under torchrun)", minimum=1)
+    steps: int = help_field(3000, "maximum optimizer steps", minimum=1)
+    eval_every: int = help_field(250, "steps between validations (an 'epoch' here)", minimum=1)
+    eval_windows: int = help_field(0, "validate on the first N windows only (0 = all)", minimum=0)
+    patience: int = help_field(3, "stop after this many validations without improvement", minimum=1)
+    max_minutes: float = help_field(0.0, "stop at the first validation after this many minutes "
+                                    "(0 = no limit)", minimum=0.0)
+    lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
+    clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
+    seed: int = help_field(1, "random seed")
+    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    checkpoint_dir: str = help_field("checkpoints/generator", "where last.pt/best.pt go")
+    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt")
+    store: bool = help_field(True, "save the artifact into the BentoML store")
+
+
+PROFILES = {
+    "full": {},
+    "quick": {"steps": 60, "eval_every": 30, "hidden_size": 128, "batch_size": 32, "seq_len": 64,
+              "eval_windows": 40, "checkpoint_dir": "checkpoints/generator-quick"},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
+    device = common.resolve_device(run.device)
+    rank, world = common.init_distributed(device)
+    common.seed_everything(run.seed)
+
+    splits = data.shakespeare_splits()
+    vocab = Vocab.build([splits["train"]])
+    config = CharLMConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
+                          hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
+                          dropout=run.dropout)
+    module = CharLM(config).to(device)
+    model = CharGenerator(module, vocab)
+    train_ids = torch.tensor(model.encode(splits["train"]))
+    log.info("%d training characters, vocab %d, %d parameters", len(train_ids), len(vocab),
+             sum(p.numel() for p in module.parameters()))
+
+    ddp = common.wrap_ddp(module, device, world)
+    optimizer = torch.optim.Adam(module.parameters(), lr=run.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, run.steps) / run.steps)))
+    checkpoints = Path(run.checkpoint_dir)
+    progress = (common.load_checkpoint(checkpoints, module, optimizer) if run.resume else None) \
+        or common.Progress()
+    schedule.last_epoch = progress.step
+    # each rank and each resumed step draws its own windows
+    generator = torch.Generator().manual_seed(run.seed * 1000 + rank * 100003 + progress.step)
+    validate = {"max_windows": run.eval_windows or None}
+    minutes = common.Timer()
+    while progress.step < run.steps and progress.bad_epochs < run.patience:
+        timer = common.Timer()
+        module.train()
+        total, count = 0.0, min(run.eval_every, run.steps - progress.step)
+        bar = tqdm(range(count), desc=f"steps {progress.step}+", disable=rank != 0, unit="step")
+        for _ in bar:
+            starts = torch.randint(0, len(train_ids) - run.seq_len - 1, (run.batch_size,),
+                                   generator=generator)
+            windows = torch.stack([train_ids[s: s + run.seq_len + 1] for s in starts.tolist()])
+            windows = windows.to(device)  # (B, T+1)
+            logits, _ = ddp(windows[:, :-1])  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), run.clip)
+            optimizer.step()
+            schedule.step()
+            progress.step += 1
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        module.eval()
+        val = char_loss(model, splits["val"], **validate)["val_loss"]
+        progress.epoch += 1
+        progress.seconds += timer.elapsed()
+        progress.history.append({"epoch": progress.epoch, "train_loss": total / count, "val_loss": val})
+        best = progress.improved(val, higher_is_better=False)
+        log.info("step %d: train loss %.4f, val loss %.4f nats/char%s (%.0f s)", progress.step,
+                 total / count, val, " (best)" if best else "", timer.elapsed())
+        if rank == 0:
+            common.save_checkpoint(checkpoints, module, optimizer, progress, best)
+        if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
+            log.info("time budget of %.0f minutes reached", run.max_minutes)
+            break
+    common.shutdown_distributed(world)
+    if rank != 0:
+        return {}
+
+    common.load_best(checkpoints, module)
+    module.cpu().eval()
+
+    def evaluate(folder: Path) -> tuple[dict, dict]:
+        # Tiny Shakespeare has no test split: the nanoGPT validation split is the report split.
+        result = char_loss(CharGenerator.load(folder), splits["val"])
+        return result, result
+
+    folder, metrics = common.finish_artifact(
+        NAME, "generator", run.cell,
+        f"One-to-many character-level language model: {run.num_layers}-layer {run.cell.upper()} "
+        f"({run.hidden_size} units) over characters of Tiny Shakespeare. The loss is in nats per "
+        "character on the nanoGPT validation split (last 10%), windows of 256 characters each "
+        "from a zero state; the dataset has no separate test split.",
+        save=lambda path: model.save(path, dtype=torch.float16),
+        evaluate=evaluate, module=module, run_config=run, progress=progress, device=device,
+        data_sha256=data.sha256_of("tinyshakespeare"), argv=argv, store=run.store)
+    log.info("artifact %s: validation %s", folder, metrics["test"])
+    return {**metrics, "folder": str(folder)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Train the many-to-one model: SST-2 sentiment, selected on dev, reported on test.
+
+    python -m training.train_sentiment --cell lstm
+    torchrun --nproc_per_node=2 -m training.train_sentiment --profile quick
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from models.rnn import CELLS
+from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
+from models.text import sentiment_tokens
+from models.vocab import Vocab
+from training import common, data
+from training.common import help_field
+from training.evaluate import sentiment_accuracy
+
+log = logging.getLogger(__name__)
+
+NAME = "sentiment-rnn"
+
+
+@dataclass
+class RunConfig:
+    cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
+    embedding_dim: int = help_field(300, "word embedding size", minimum=1)
+    hidden_size: int = help_field(256, "hidden units per direction", minimum=1)
+    num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
+    dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0)
+    min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
+    epochs: int = help_field(6, "maximum epochs", minimum=1)
+    patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
+                               minimum=1)
+    batch_size: int = help_field(64, "sentences per step (per process under torchrun)", minimum=1)
+    lr: float = help_field(2e-3, "Adam learning rate", minimum=0.0)
+    weight_decay: float = help_field(0.0, "Adam weight decay", minimum=0.0)
+    clip: float = help_field(5.0, "gradient norm clip", minimum=0.0)
+    train_limit: int = help_field(0, "use only the first N training phrases (0 = all)", minimum=0)
+    seed: int = help_field(1, "random seed")
+    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    checkpoint_dir: str = help_field("checkpoints/sentiment", "where last.pt/best.pt go")
+    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt")
+    store: bool = help_field(True, "save the artifact into the BentoML store")
+
+
+PROFILES = {
+    "full": {},
+    "quick": {"epochs": 1, "train_limit": 3000, "embedding_dim": 64, "hidden_size": 64,
+              "checkpoint_dir": "checkpoints/sentiment-quick"},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
+    device = common.resolve_device(run.device)
+    rank, world = common.init_distributed(device)
+    common.seed_everything(run.seed)
+
+    splits = data.sst2_splits()
+    train = splits["train"][: run.train_limit or None]
+    vocab = Vocab.build((sentiment_tokens(text) for text, _ in train), min_freq=run.min_freq)
+    config = SentimentConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
+                             hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
+                             dropout=run.dropout)
+    module = SentimentRNN(config).to(device)
+    model = SentimentClassifier(module, vocab)
+    encoded = [model.encode(text) for text, _ in train]
+    labels = torch.tensor([label for _, label in train])
+    log.info("%d training phrases, vocab %d, %d parameters", len(train), len(vocab),
+             sum(p.numel() for p in module.parameters()))
+
+    ddp = common.wrap_ddp(module, device, world)
+    optimizer = torch.optim.Adam(module.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+    checkpoints = Path(run.checkpoint_dir)
+    progress = (common.load_checkpoint(checkpoints, module, optimizer) if run.resume else None) \
+        or common.Progress()
+    generator = torch.Generator().manual_seed(run.seed)
+    for _ in range(progress.epoch):  # replay the shuffles of finished epochs
+        torch.randperm(len(encoded), generator=generator)
+    while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
+        timer = common.Timer()
+        module.train()
+        batches = common.length_batches([len(s) for s in encoded], run.batch_size, generator,
+                                        rank, world)
+        total = 0.0
+        bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
+        for batch in bar:
+            tokens, lengths = SentimentClassifier.collate([encoded[i] for i in batch])
+            loss = F.cross_entropy(ddp(tokens.to(device), lengths), labels[batch].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), run.clip)
+            optimizer.step()
+            total += loss.item()
+            progress.step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        module.eval()
+        dev = sentiment_accuracy(model, splits["dev"])["accuracy"]
+        progress.epoch += 1
+        progress.seconds += timer.elapsed()
+        progress.history.append({"epoch": progress.epoch, "train_loss": total / len(batches),
+                                 "dev_accuracy": dev})
+        best = progress.improved(dev, higher_is_better=True)
+        log.info("epoch %d: train loss %.4f, dev accuracy %.2f%%%s (%.0f s)", progress.epoch,
+                 total / len(batches), dev, " (best)" if best else "", timer.elapsed())
+        if rank == 0:
+            common.save_checkpoint(checkpoints, module, optimizer, progress, best)
+    common.shutdown_distributed(world)
+    if rank != 0:
+        return {}
+
+    common.load_best(checkpoints, module)
+    module.cpu().eval()
+
+    def evaluate(folder: Path) -> tuple[dict, dict]:
+        shipped = SentimentClassifier.load(folder)
+        return (sentiment_accuracy(shipped, splits["dev"]),
+                sentiment_accuracy(shipped, splits["test"]))
+
+    folder, metrics = common.finish_artifact(
+        NAME, "sentiment", run.cell,
+        "Many-to-one SST-2 sentiment classifier: word embedding -> bidirectional "
+        f"{run.cell.upper()} over packed sequences -> max+mean pooling -> linear. "
+        "Trained on GLUE SST-2 phrases, selected on the SST-2 dev set, tested on stsa.binary.test. "
+        "No pretrained embeddings.",
+        save=lambda path: model.save(path, dtype=torch.float16),
+        evaluate=evaluate, module=module, run_config=run, progress=progress, device=device,
+        data_sha256=data.sha256_of("sst2"), argv=argv, store=run.store)
+    log.info("artifact %s: test %s", folder, metrics["test"])
+    return {**metrics, "folder": str(folder), "config": asdict(config)}
+
+
+if __name__ == "__main__":
+    main()
