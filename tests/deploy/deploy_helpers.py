@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 from prometheus_client.metrics import MetricWrapperBase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,11 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it lingers; always reaps the process."""
+    """SIGTERM, then SIGKILL if it lingers; the same for its children (BentoML's workers)."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -113,6 +118,22 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=timeout)
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        child.kill()
+
+
+def processes_using(directory: Path) -> list[psutil.Process]:
+    """Running processes whose command line or BENTOML_HOME lies under `directory`."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            mentions = " ".join(process.cmdline()) + " " + process.environ().get("BENTOML_HOME", "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if str(directory) in mentions:
+            found.append(process)
+    return found
 
 
 def import_tiny_models(shipped_dir: Path, bentoml_home: Path) -> None:
