@@ -9,7 +9,7 @@ PORT ?= 3000
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install test test-quick lint format serve train train-quick evaluate clean bento container
+.PHONY: install test test-quick lint format serve train train-quick evaluate quality cells clean bento container
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ train-quick: install  ## minutes: a smoke run of every model
 
 evaluate: install  ## test-split metrics of the store's (or shipped) models: JSON lines, then a table
 	$(PY) -m training.evaluate
+
+quality: install  ## evaluate, and write the table with the targets to reports/quality.md
+	$(PY) -m training.evaluate --report reports/quality.md
+
+cells: install  ## rnn vs gru vs lstm on every task at an equal budget -> reports/cells.md
+	$(PY) -m training.compare_cells
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
