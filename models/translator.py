@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.artifact import check_vocab_size, load_weights, read_config, save_module
+from models.artifact import ArtifactError, check_vocab_size, load_weights, read_config, save_module
 from models.rnn import State, from_state, make_rnn, to_state
 from models.text import normalize_translation
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -245,9 +245,12 @@ class Translator:
                          module.source_embedding.num_embeddings)
         check_vocab_size(TARGET_SPM, target_spm.get_piece_size(),
                          module.target_embedding.num_embeddings)
-        for sp in (source_spm, target_spm):
-            assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (
-                PAD_ID, UNK_ID, BOS_ID, EOS_ID), "sentencepiece special ids disagree with models.vocab"
+        for name, sp in ((SOURCE_SPM, source_spm), (TARGET_SPM, target_spm)):
+            # checked on every load, so not an assert (python -O would skip it)
+            specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+            if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+                raise ArtifactError(f"{name}: special ids (pad, unk, bos, eos) = {specials}, "
+                                    f"models.vocab has {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
         self.module = module
         self.source_spm = source_spm
         self.target_spm = target_spm

@@ -31,6 +31,8 @@ class Vocab:
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
                       key=lambda t: (-counts[t], t))
         if max_size is not None:
+            if max_size < len(SPECIALS):  # a negative slice below would keep almost everything
+                raise ValueError(f"max_size must be at least {len(SPECIALS)} (the specials), got {max_size}")
             kept = kept[: max_size - len(SPECIALS)]
         return cls([*SPECIALS, *kept])
 

@@ -1,0 +1,84 @@
+"""models.rnn: the Elman recurrence is the memory; states slice and join per row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.rnn import CELLS, cat_states, elman_recurrence, from_state, make_rnn, select_state, to_state
+
+
+def test_elman_memory_is_a_decaying_sum_of_past_inputs():
+    # W_hh = 0.9 I, W_xh = I, no bias, identity activation: h_t = 0.9 h_{t-1} + x_t, so
+    # h_3 = 0.81 x_1 + 0.9 x_2 + x_3: older inputs are remembered, but fade geometrically.
+    size = 3
+    x1, x2, x3 = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.5, 0.5, 0.5])
+    x = torch.stack([x1, x2, x3])[None]  # (1, 3, 3)
+    h = elman_recurrence(x, w_xh=torch.eye(size), w_hh=0.9 * torch.eye(size), activation=lambda z: z)
+    assert h.shape == (1, 3, size)
+    torch.testing.assert_close(h[0, 0], x1)
+    torch.testing.assert_close(h[0, 1], 0.9 * x1 + x2)
+    torch.testing.assert_close(h[0, 2], 0.81 * x1 + 0.9 * x2 + x3)
+
+
+def test_elman_uses_bias_and_initial_state():
+    x = torch.zeros(2, 1, 2)
+    h0 = torch.tensor([[1.0, -1.0], [2.0, 0.0]])
+    b = torch.tensor([0.5, 0.25])
+    h = elman_recurrence(x, torch.eye(2), 0.5 * torch.eye(2), b=b, h0=h0, activation=lambda z: z)
+    torch.testing.assert_close(h[:, 0], 0.5 * h0 + b)
+
+
+def test_torch_rnn_computes_the_elman_recurrence():
+    torch.manual_seed(0)
+    rnn = make_rnn("rnn", input_size=4, hidden_size=5)
+    assert isinstance(rnn, torch.nn.RNN) and rnn.nonlinearity == "tanh" and rnn.batch_first
+    x = torch.randn(3, 7, 4)
+    h0 = torch.randn(1, 3, 5)
+    outputs, last = rnn(x, h0)
+    reference = elman_recurrence(x, rnn.weight_ih_l0, rnn.weight_hh_l0,
+                                 b=rnn.bias_ih_l0 + rnn.bias_hh_l0, h0=h0[0])
+    torch.testing.assert_close(outputs, reference)
+    torch.testing.assert_close(last[0], reference[:, -1])
+
+
+def test_make_rnn_builds_every_cell_batch_first():
+    for cell, cls in zip(CELLS, (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM), strict=True):
+        rnn = make_rnn(cell, 3, 4, num_layers=2, bidirectional=True, dropout=0.1)
+        assert type(rnn) is cls
+        assert rnn.batch_first and rnn.bidirectional and rnn.num_layers == 2 and rnn.dropout == 0.1
+    # dropout only acts between layers: a one-layer RNN gets none (torch warns otherwise)
+    assert make_rnn("gru", 3, 4, num_layers=1, dropout=0.5).dropout == 0.0
+
+
+def test_make_rnn_rejects_unknown_cell_naming_the_choices():
+    with pytest.raises(ValueError, match="transformer") as err:
+        make_rnn("transformer", 3, 4)
+    for cell in CELLS:
+        assert repr(cell) in str(err.value)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_select_and_cat_states_round_trip(cell):
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 3, 4, num_layers=2)
+    x = torch.randn(5, 6, 3)
+    _, hidden = rnn(x)
+    state = to_state(hidden)
+    assert len(state) == (2 if cell == "lstm" else 1)
+    assert all(part.shape == (2, 5, 4) for part in state)
+
+    pieces = [select_state(state, torch.tensor(rows)) for rows in ([0, 1], [2], [3, 4])]
+    for part, joined in zip(state, cat_states(pieces), strict=True):
+        assert torch.equal(part, joined)
+
+    # a state slice is the state of running those rows alone
+    rows = torch.tensor([4, 1])
+    _, alone = rnn(x[rows])
+    for part, expected in zip(select_state(state, rows), to_state(alone), strict=True):
+        torch.testing.assert_close(part, expected)
+
+    # and it is what the cell accepts back as its initial state
+    restored = from_state(state, cell)
+    assert isinstance(restored, tuple) == (cell == "lstm")
+    rnn(x, restored)

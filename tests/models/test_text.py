@@ -1,0 +1,58 @@
+"""models.text: raw user text and SST-style tokenised text become the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.text import normalize_sentiment, normalize_translation, sentiment_tokens
+
+
+@pytest.mark.parametrize(
+    ("raw", "sst"),
+    [
+        ("It doesn't work (at all)!", "it does n't work -lrb- at all -rrb- !"),
+        ("It's GREAT, isn't it?", "it 's great , is n't it ?"),
+        ("I can't, they're sure I'm not.", "i ca n't , they 're sure i 'm not ."),
+        ("We'd say [maybe] {not}", "we 'd say -lsb- maybe -rsb- -lcb- not -rcb-"),
+        ("A well-made, 2-hour film...", "a well-made , 2-hour film ..."),
+    ],
+)
+def test_raw_and_sst_text_give_the_same_tokens(raw, sst):
+    assert sentiment_tokens(raw) == sentiment_tokens(sst)
+
+
+def test_contraction_is_split_penn_treebank_style():
+    assert sentiment_tokens("It doesn't work (at all)!") == [
+        "it", "does", "n't", "work", "(", "at", "all", ")", "!"]
+
+
+def test_escaped_slash_and_star_are_unescaped():
+    assert sentiment_tokens("1\\/2 of it is \\*great\\*") == ["1", "/", "2", "of", "it", "is", "*",
+                                                           "great", "*"]
+    assert normalize_sentiment("a\\/b \\*") == "a/b *"
+
+
+def test_curly_quotes_and_unicode_punctuation_fold_to_ascii():
+    assert sentiment_tokens("It\u2019s \u201cgreat\u201d\u2026") == sentiment_tokens('it \'s "great" ...')
+    assert sentiment_tokens("doesn\u2019t") == ["does", "n't"]
+    assert sentiment_tokens("fine \u2014 ok") == ["fine", "--", "ok"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_text_has_no_tokens(text):
+    assert sentiment_tokens(text) == []
+
+
+def test_normalize_sentiment_lowercases_and_collapses_spaces():
+    assert normalize_sentiment("  Hello \t  WORLD \n") == "hello world"
+
+
+def test_normalize_translation_collapses_whitespace_and_strips_ends():
+    assert normalize_translation("  Ein  Hund\tläuft \n im Park.  ") == "Ein Hund läuft im Park."
+    assert normalize_translation("trailing   ") == "trailing"
+    assert normalize_translation("") == ""
+
+
+def test_normalize_translation_keeps_case_and_applies_nfkc():
+    # U+FB01 (the "fi" ligature) and a full-width A are folded by NFKC; case is kept.
+    assert normalize_translation("\ufb01ne \uff21") == "fine A"
