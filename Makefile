@@ -19,13 +19,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv with the pinned dependencies
 
+# Tiny test models run fastest single-threaded; two threads per process only contend here.
 test: install  ## ruff, then the whole pytest suite
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
 
 test-quick: install  ## ruff, then the tests not marked slow
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

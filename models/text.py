@@ -29,12 +29,13 @@ _TRANSLATE = str.maketrans(
     {
         "\u2018": "'",
         "\u2019": "'",
-        "\u201c": '"',
-        "\u201d": '"',
+        "\u201c": " '' ",
+        "\u201d": " '' ",
         "\u2013": "-",
         "\u2014": "--",
         "\u2026": "...",
         "`": "'",
+        '"': " '' ",  # SST writes quotes as `` and '': both become two ' tokens
     }
 )
 

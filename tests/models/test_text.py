@@ -56,3 +56,9 @@ def test_normalize_translation_collapses_whitespace_and_strips_ends():
 def test_normalize_translation_keeps_case_and_applies_nfkc():
     # U+FB01 (the "fi" ligature) and a full-width A are folded by NFKC; case is kept.
     assert normalize_translation("\ufb01ne \uff21") == "fine A"
+
+
+def test_straight_and_curly_quotes_match_sst_backticks():
+    sst = sentiment_tokens("a `` great '' film")
+    assert sentiment_tokens('A "great" film') == sst
+    assert sentiment_tokens("A \u201cgreat\u201d film") == sst
