@@ -1,0 +1,225 @@
+"""A length-aware asyncio batcher for one model (sentiment, or one translator).
+
+Why not BentoML's `batchable=True`: its adaptive batcher fits latency to item count only and,
+for a model that runs in under a millisecond, settles on waiting 0 ms, so batches form only by
+accident; it also needs per-request options inside the list items. See ../shared/BENTOML.md.
+
+How this one works:
+- a request puts its items (already-encoded inputs) on the queue and awaits one future per item;
+- one loop per model takes a batch and runs it in the model's own thread, so torch never blocks
+  the event loop, and one batch per model is in flight at a time;
+- idle, the loop wakes on the first item and runs it at once: a lone request is never delayed;
+- busy (items queued while the last batch ran), it may wait up to `max_wait_s` more for the
+  batch to fill, because more requests are evidently arriving;
+- a batch starts with the oldest item (so nothing starves) and adds the queued items closest
+  to it in length, while it has under `max_batch_size` items and rows x longest input x widest
+  beam stays within `max_batch_tokens`. Similar lengths mean little padding; the models pack
+  sequences, so padding never changes a result: a batched item equals the same item alone;
+- if a batch raises, its items are retried one by one, so a bad item fails only its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Generic, TypeVar
+
+import torch
+from bentoml.exceptions import BentoMLException
+
+from service import metrics
+
+log = logging.getLogger(__name__)
+
+V = TypeVar("V")
+R = TypeVar("R")
+
+
+class Overloaded(BentoMLException):
+    """A model's queue is full: HTTP 429, retry later."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=HTTPStatus.TOO_MANY_REQUESTS)
+
+
+@dataclass(eq=False)
+class Item(Generic[V]):
+    value: V
+    length: int  # tokens
+    width: int  # rows it needs in the model batch (its beam size)
+    future: asyncio.Future[Any]
+    enqueued: float  # time.perf_counter()
+
+
+@dataclass
+class _Failed:
+    error: Exception
+
+
+def select_batch(queue: Sequence[Item], max_items: int, max_tokens: int) -> list[Item]:
+    """The oldest item plus the queued items nearest to it in length that fit, shortest first.
+
+    Fits: at most `max_items` items and len(batch) x longest x widest <= `max_tokens`. The oldest
+    item always goes, even alone over the budget: the budget shapes batches, it rejects nothing.
+    """
+    anchor = queue[0]
+    # sorted() is stable: items equally near keep their arrival order
+    nearest = sorted(queue, key=lambda item: abs(item.length - anchor.length))
+    batch: list[Item] = []
+    longest = widest = 0
+    for item in nearest:
+        if len(batch) == max_items:
+            break
+        grown_longest, grown_widest = max(longest, item.length), max(widest, item.width)
+        if batch and (len(batch) + 1) * grown_longest * grown_widest > max_tokens:
+            continue  # a shorter or narrower item further on may still fit
+        batch.append(item)
+        longest, widest = grown_longest, grown_widest
+    return sorted(batch, key=lambda item: item.length)
+
+
+class Batcher(Generic[V, R]):
+    """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
+
+    def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
+                 max_batch_tokens: int, max_wait_s: float, max_queue: int):
+        self.model = model
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._max_wait_s = max_wait_s
+        self._max_queue = max_queue
+        self._queue: list[Item[V]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}")
+
+    def start(self) -> None:
+        """Start the loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._queue:
+            item.future.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, values: Sequence[V], lengths: Sequence[int],
+                     widths: Sequence[int] | None = None) -> list[R]:
+        """Results for `values` (of `lengths` tokens, needing `widths` rows each), in order."""
+        if not self.running:
+            raise RuntimeError(f"the {self.model} batcher is not running")
+        if len(self._queue) + len(values) > self._max_queue:
+            raise Overloaded(f"{self.model}: {len(self._queue)} items queued, limit {self._max_queue}; "
+                             "retry later")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        widths = widths if widths is not None else [1] * len(values)
+        items = [Item(value, length, width, loop.create_future(), now)
+                 for value, length, width in zip(values, lengths, widths, strict=True)]
+        observe_length = metrics.input_length.labels(self.model).observe
+        for length in lengths:
+            observe_length(length)
+        self._queue.extend(items)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            # an item failed or the request went away: its other items need not run
+            for item in items:
+                item.future.cancel()
+
+    async def _loop(self) -> None:
+        busy = False
+        while True:
+            self._queue = [item for item in self._queue if not item.future.done()]
+            if not self._queue:
+                busy = False
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if busy and self._max_wait_s > 0:
+                await self._wait_for_more()
+                self._queue = [item for item in self._queue if not item.future.done()]
+                if not self._queue:
+                    continue
+            batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
+            taken = set(map(id, batch))
+            self._queue = [item for item in self._queue if id(item) not in taken]
+            busy = True
+            await self._run(batch)
+
+    async def _wait_for_more(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait_s
+        while len(self._queue) < self._max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _run(self, batch: list[Item[V]]) -> None:
+        started = time.perf_counter()
+        lengths = [item.length for item in batch]
+        metrics.batch_size.labels(self.model).observe(len(batch))
+        metrics.padding_efficiency.labels(self.model).observe(sum(lengths) / (len(batch) * max(lengths)))
+        observe_wait = metrics.queue_wait_seconds.labels(self.model).observe
+        for item in batch:
+            observe_wait(started - item.enqueued)
+        try:
+            results, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._compute, [item.value for item in batch])
+            metrics.compute_seconds.labels(self.model).observe(seconds)
+        except Exception as error:  # the executor itself failed: fail this batch, keep serving
+            log.exception("%s: batch of %d could not run", self.model, len(batch))
+            results = [_Failed(error)] * len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, _Failed):
+                item.future.set_exception(result.error)
+            else:
+                item.future.set_result(result)
+
+    def _compute(self, values: list[V]) -> tuple[list[R | _Failed], float]:
+        """In the model's thread: results and model seconds for `values`."""
+        started = time.perf_counter()
+        results = self._results(values)
+        return results, time.perf_counter() - started
+
+    def _results(self, values: list[V]) -> list[R | _Failed]:
+        """The batch at once, or item by item if the batch fails."""
+        with torch.inference_mode():
+            try:
+                results = self._run_batch(values)
+                if len(results) != len(values):
+                    raise RuntimeError(f"{len(results)} results for {len(values)} inputs")
+                return list(results)
+            except Exception as error:
+                if len(values) == 1:
+                    log.exception("%s: item failed", self.model)
+                    return [_Failed(error)]
+                log.exception("%s: batch of %d failed; retrying its items one by one",
+                              self.model, len(values))
+            outcomes: list[R | _Failed] = []
+            for value in values:
+                try:
+                    outcomes.append(self._run_batch([value])[0])
+                except Exception as error:
+                    outcomes.append(_Failed(error))
+            return outcomes

@@ -1,0 +1,257 @@
+"""Step-level (continuous) batching for the character generator.
+
+One loop holds every running sequence as one row of a batch: its recurrent state, the logits
+for its next character, its temperature, top-k and its own torch.Generator. Each step samples
+one character for every row (models.generator.sample_next) and advances the whole batch by one
+step (CharLM.step). Between steps, new requests join (their prompt is run once by
+CharGenerator.prime, its state concatenated to the batch) and finished or abandoned ones leave
+(their rows are dropped with select_state). The state of an RNN is a fixed-size tensor per
+sequence, so joining and leaving cost a concatenation or an index_select, unlike a transformer's
+growing KV cache.
+
+Every character goes to its request's asyncio.Queue as soon as the step that sampled it ends,
+so a stream is incremental. A row draws only from its own generator, so the same seed gives
+the same text alone or beside any other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.generator import CharGenerator, sample_next
+from models.rnn import State, cat_states, select_state
+from service import metrics
+from service.batching import Overloaded
+
+log = logging.getLogger(__name__)
+
+# Without newcomers the loop runs steps back to back in its thread and hands out characters this
+# often: one thread hop and one HTTP chunk per character would cost more than a tiny model's step.
+PUBLISH_EVERY_S = 0.01
+
+
+@dataclass(eq=False)
+class Generation:
+    """One request's sequence."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float
+    top_k: int
+    generator: torch.Generator
+    endpoint: str  # metrics label: generate or generate_stream
+    enqueued: float  # time.perf_counter()
+    # the loop puts: a list of new characters, then None at the end, or an exception
+    pieces: asyncio.Queue[list[str] | BaseException | None] = field(default_factory=asyncio.Queue)
+    produced: int = 0
+    abandoned: bool = False  # the client went away: drop the row at the next step
+
+
+@dataclass
+class _Steps:
+    """What one call of GenerationLoop._run_steps did."""
+
+    emitted: dict[Generation, list[str]]  # new characters per sequence
+    finished: list[Generation]
+    failed: list[tuple[Generation, Exception]]  # sequences whose prompt could not be primed
+    rows: list[int]  # batch size of each step
+    seconds: list[float]  # model time of each step
+
+
+class GenerationLoop:
+    def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int):
+        self.model = model
+        self.pipeline = pipeline
+        self._max_active = max_active
+        self._max_queue = max_queue
+        self._pending: deque[Generation] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{model}")
+        # The running batch. Only _step touches it, in the executor thread; the event loop
+        # awaits each step before starting the next, so the two never overlap.
+        self._active: list[Generation] = []
+        self._state: State = ()
+        self._logits = torch.empty(0)  # (B, V) logits of every row's next character
+        self._temperature = torch.empty(0)  # (B,)
+        self._top_k = torch.empty(0, dtype=torch.long)  # (B,)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"generation-{self.model}")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
+                     seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
+        """The characters of one continuation, in lists of those ready together."""
+        if not self.running:
+            raise RuntimeError(f"the {self.model} generation loop is not running")
+        if len(self._pending) >= self._max_queue:
+            raise Overloaded(f"{self.model}: {len(self._pending)} prompts waiting, limit "
+                             f"{self._max_queue}; retry later")
+        seed = secrets.randbits(63) if seed is None else seed
+        generation = Generation(prompt, max_tokens, temperature, top_k,
+                                torch.Generator().manual_seed(seed), endpoint, time.perf_counter())
+        self._pending.append(generation)
+        self._wakeup.set()
+        try:
+            while True:
+                batch = [await generation.pieces.get()]
+                while not generation.pieces.empty():
+                    batch.append(generation.pieces.get_nowait())
+                chars = [c for piece in batch if isinstance(piece, list) for c in piece]
+                if chars:
+                    yield chars
+                end = batch[-1]
+                if isinstance(end, BaseException):
+                    raise end
+                if end is None:
+                    return
+        finally:
+            generation.abandoned = True
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending and not self._active:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            joining: list[Generation] = []
+            while self._pending and len(self._active) + len(joining) < self._max_active:
+                generation = self._pending.popleft()
+                if not generation.abandoned:
+                    joining.append(generation)
+            now = time.perf_counter()
+            for generation in joining:
+                metrics.queue_wait_seconds.labels(self.model).observe(now - generation.enqueued)
+            try:
+                steps = await loop.run_in_executor(self._executor, self._run_steps, joining)
+            except Exception as error:  # a model step failed: every running sequence fails
+                log.exception("%s: generation step failed", self.model)
+                for generation in {*self._active, *joining}:
+                    generation.pieces.put_nowait(error)
+                self._reset()
+                continue
+            self._publish(steps)
+
+    def _publish(self, steps: _Steps) -> None:
+        """In the event loop: hand out the new characters and record the steps' metrics."""
+        for generation, error in steps.failed:
+            generation.pieces.put_nowait(error)
+        metrics.active_sequences.set(len(self._active))
+        for rows, seconds in zip(steps.rows, steps.seconds, strict=True):
+            metrics.batch_size.labels(self.model).observe(rows)
+            metrics.compute_seconds.labels(self.model).observe(seconds)
+        now = time.perf_counter()
+        per_endpoint: Counter[str] = Counter()
+        for generation, chars in steps.emitted.items():
+            if generation.produced == len(chars):  # its first characters
+                metrics.time_to_first_token_seconds.labels(generation.endpoint).observe(
+                    now - generation.enqueued)
+            per_endpoint[generation.endpoint] += len(chars)
+            generation.pieces.put_nowait(chars)
+        for generation in steps.finished:
+            generation.pieces.put_nowait(None)
+        for endpoint, count in per_endpoint.items():
+            metrics.generated_tokens.labels(endpoint).inc(count)
+
+    def _run_steps(self, joining: list[Generation]) -> _Steps:
+        """In the executor thread: admit `joining`, then step the batch until there is news.
+
+        One step when sequences just joined, so their first character goes out at once;
+        otherwise steps for up to PUBLISH_EVERY_S, stopping early when a request waits to join.
+        """
+        steps = _Steps({}, [], [], [], [])
+        with torch.inference_mode():
+            for generation in joining:
+                metrics.input_length.labels(self.model).observe(
+                    len(self.pipeline.encode(generation.prompt)))
+                try:
+                    logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)
+                except Exception as error:
+                    log.exception("%s: prompt could not be primed", self.model)
+                    steps.failed.append((generation, error))
+                    continue
+                self._join(generation, logits, state)
+            started = time.perf_counter()
+            while True:
+                self._keep([row for row, g in enumerate(self._active) if not g.abandoned])
+                if not self._active:
+                    break
+                step_started = time.perf_counter()
+                steps.rows.append(len(self._active))
+                self._step(steps)
+                steps.seconds.append(time.perf_counter() - step_started)
+                newcomers = self._pending and len(self._active) < self._max_active
+                if (joining or newcomers or not self._active
+                        or time.perf_counter() - started > PUBLISH_EVERY_S):
+                    break
+        return steps
+
+    def _step(self, steps: _Steps) -> None:
+        """Sample one character for every row, drop finished rows, advance the rest one step."""
+        tokens = sample_next(self._logits, self._temperature, self._top_k,
+                             [g.generator for g in self._active])  # (B,)
+        going_on = []
+        for row, (generation, token) in enumerate(zip(self._active, tokens.tolist(), strict=True)):
+            generation.produced += 1
+            steps.emitted.setdefault(generation, []).append(self.pipeline.decode([token]))
+            if generation.produced >= generation.max_tokens:
+                steps.finished.append(generation)
+            else:
+                going_on.append(row)
+        self._keep(going_on)
+        if going_on:
+            self._logits, self._state = self.pipeline.module.step(tokens[going_on], self._state)
+
+    def _join(self, generation: Generation, logits: Tensor, state: State) -> None:
+        if not self._active:
+            self._state, self._logits = state, logits[None]
+            self._temperature = torch.tensor([generation.temperature])
+            self._top_k = torch.tensor([generation.top_k])
+        else:
+            self._state = cat_states([self._state, state])
+            self._logits = torch.cat([self._logits, logits[None]])  # (B + 1, V)
+            self._temperature = torch.cat([self._temperature, torch.tensor([generation.temperature])])
+            self._top_k = torch.cat([self._top_k, torch.tensor([generation.top_k])])
+        self._active.append(generation)
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only batch rows `rows` (in order)."""
+        if len(rows) == len(self._active):
+            return
+        if not rows:
+            self._reset()
+            return
+        index = torch.tensor(rows)
+        self._state = select_state(self._state, index)
+        self._logits = self._logits.index_select(0, index)  # (B', V)
+        self._temperature = self._temperature.index_select(0, index)
+        self._top_k = self._top_k.index_select(0, index)
+        self._active = [self._active[row] for row in rows]
+
+    def _reset(self) -> None:
+        self._active = []
+        self._state = ()
+        self._logits = torch.empty(0)
+        self._temperature = torch.empty(0)
+        self._top_k = torch.empty(0, dtype=torch.long)

@@ -1,0 +1,60 @@
+"""The rnnserve_* Prometheus metrics, beside BentoML's own bentoml_service_* ones on /metrics.
+
+Plain prometheus_client objects at module level: BentoML sets PROMETHEUS_MULTIPROC_DIR before a
+worker imports the service, so every worker writes its own files and /metrics sums them.
+Gauges therefore declare how workers combine. Alert rules and dashboards use these exact names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# 1 .. 512 items, powers of two
+BATCH_BUCKETS = tuple(2.0**i for i in range(10))
+# 1 .. 1024 tokens, powers of two
+LENGTH_BUCKETS = tuple(2.0**i for i in range(11))
+EFFICIENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+batch_size = Histogram("rnnserve_batch_size", "Items per model batch (texts; sequences per "
+                       "generation step)", ["model"], buckets=BATCH_BUCKETS)
+padding_efficiency = Histogram("rnnserve_padding_efficiency", "Real tokens / padded tokens of a "
+                               "model batch", ["model"], buckets=EFFICIENCY_BUCKETS)
+queue_wait_seconds = Histogram("rnnserve_queue_wait_seconds", "Time an item waited before its "
+                               "model batch (or generation batch) took it", ["model"],
+                               buckets=SECONDS_BUCKETS)
+compute_seconds = Histogram("rnnserve_compute_seconds", "Model time of one batch (one step for "
+                            "generation)", ["model"], buckets=SECONDS_BUCKETS)
+input_length = Histogram("rnnserve_input_length", "Tokens per input (words, pieces or prompt "
+                         "characters)", ["model"], buckets=LENGTH_BUCKETS)
+generated_tokens = Counter("rnnserve_generated_tokens", "Characters generated", ["endpoint"])
+time_to_first_token_seconds = Histogram("rnnserve_time_to_first_token_seconds", "From a "
+                                        "generation request's arrival to its first character",
+                                        ["endpoint"], buckets=SECONDS_BUCKETS)
+errors = Counter("rnnserve_errors", "Failed requests by endpoint and kind (validation, "
+                 "client, overloaded, timeout, internal)", ["endpoint", "kind"])
+active_sequences = Gauge("rnnserve_active_sequences", "Sequences in the running generation "
+                         "batch", multiprocess_mode="livesum")
+model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
+                   multiprocess_mode="livemax")
+
+
+VALIDATION_STATUSES = frozenset({400, 413, 415, 422})
+
+
+def error_kind(status: int) -> str | None:
+    """The errors_total kind of an HTTP status, None for a success.
+
+    validation: the body was rejected; client: another 4xx (wrong method); overloaded: 429/503;
+    timeout: 504; internal: any other 5xx.
+    """
+    if status < 400:
+        return None
+    if status in VALIDATION_STATUSES:
+        return "validation"
+    if status in (429, 503):
+        return "overloaded"
+    if status == 504:
+        return "timeout"
+    return "internal" if status >= 500 else "client"

@@ -1,0 +1,92 @@
+"""Request and response bodies of the HTTP contract (README "Serving").
+
+Requests are pydantic models whose limits come from Settings, so BentoML rejects a bad request
+before it reaches a model, with a 400 whose JSON names the field (`loc`) and the limit (`msg`).
+Unknown fields are rejected too: a misspelt option must not be silently ignored.
+(No `from __future__ import annotations` here: the limits are evaluated when a model is built.)
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from models.sentiment import LABELS
+from service.config import Settings
+
+Source = Literal["de", "ko"]
+MAX_BEAM_SIZE = 8
+MAX_SEED = 2**63 - 1
+STRICT = ConfigDict(extra="forbid")
+
+
+class SentimentResult(BaseModel):
+    label: Literal["negative", "positive"]
+    score: float = Field(description="probability of the label")
+    probabilities: dict[str, float] = Field(description=f"probability of each of {LABELS}")
+
+
+class GenerateResult(BaseModel):
+    text: str = Field(description="the continuation only, without the prompt")
+    tokens: int = Field(description="characters generated")
+
+
+def _omitted_unless_asked(value: object) -> bool:
+    return value is None
+
+
+class TranslationResult(BaseModel):
+    translation: str
+    # only with return_attention; absent otherwise
+    source_tokens: list[str] | None = Field(None, exclude_if=_omitted_unless_asked)
+    target_tokens: list[str] | None = Field(None, exclude_if=_omitted_unless_asked)
+    attention: list[list[float]] | None = Field(
+        None, exclude_if=_omitted_unless_asked,
+        description="target x source weights; each row sums to 1")
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    sentiment: type[BaseModel]
+    generate: type[BaseModel]
+    translate: type[BaseModel]
+
+
+def request_models(settings: Settings) -> RequestModels:
+    """The request bodies with `settings`' limits built in."""
+
+    def text_list(max_chars: int) -> object:
+        text = Annotated[str, StringConstraints(max_length=max_chars)]
+        return Annotated[list[text], Field(
+            min_length=1, max_length=settings.max_texts,
+            description=f"1..{settings.max_texts} texts of at most {max_chars} characters each")]
+
+    SentimentTexts = text_list(settings.max_sentiment_chars)  # noqa: N806
+    TranslationTexts = text_list(settings.max_translation_chars)  # noqa: N806
+
+    class SentimentRequest(BaseModel):
+        model_config = STRICT
+        texts: SentimentTexts  # type: ignore[valid-type]
+
+    class GenerateRequest(BaseModel):
+        model_config = STRICT
+        prompt: str = Field(max_length=settings.max_prompt_chars,
+                            description='text to continue; "" starts as if after a blank line')
+        max_tokens: int = Field(200, ge=1, le=settings.max_tokens)
+        temperature: float = Field(0.8, gt=0.0, le=2.0)
+        top_k: int = Field(0, ge=0, description="sample from the k likeliest characters; 0 = all")
+        seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                                 description="the same seed gives the same text; null = random")
+
+    class TranslateRequest(BaseModel):
+        model_config = STRICT
+        texts: TranslationTexts  # type: ignore[valid-type]
+        source: Source = "de"
+        beam_size: int = Field(1, ge=1, le=MAX_BEAM_SIZE)
+        max_length: int | None = Field(
+            None, ge=1, le=settings.max_translation_length,
+            description="most target pieces; default 2 x source pieces + 10, capped at "
+                        f"{settings.max_translation_length}")
+        return_attention: bool = False
+
+    return RequestModels(SentimentRequest, GenerateRequest, TranslateRequest)
