@@ -1,0 +1,210 @@
+"""service.batching without HTTP: who waits, what goes together, what fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batching import Batcher, Item, Overloaded, select_batch
+
+
+class Recorder:
+    """A run_batch that records its batches, doubles numbers, and fails on negative ones.
+
+    `hold` makes the first batch wait until `release` is set, so tests can queue behind it.
+    """
+
+    def __init__(self, hold: bool = False):
+        self.batches: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, values: list[int]) -> list[int]:
+        self.batches.append(list(values))
+        self.started.set()
+        self.release.wait(timeout=10)
+        if any(v < 0 for v in values):
+            raise ValueError(f"negative input in {values}")
+        return [2 * v for v in values]
+
+
+def make_batcher(run_batch, **options) -> Batcher:
+    settings = {"max_batch_size": 8, "max_batch_tokens": 10_000, "max_wait_s": 0.0, "max_queue": 100}
+    return Batcher("test-model", run_batch, **{**settings, **options})
+
+
+def items(*lengths: int, widths: tuple[int, ...] | None = None) -> list[Item]:
+    widths = widths or (1,) * len(lengths)
+    return [Item(value=i, length=n, width=w, future=None, enqueued=0.0)  # type: ignore[arg-type]
+            for i, (n, w) in enumerate(zip(lengths, widths, strict=True))]
+
+
+# -- select_batch: grouping by length under the limits ------------------------------------------
+
+
+def test_a_batch_starts_with_the_oldest_and_adds_the_nearest_lengths_shortest_first():
+    queue = items(10, 50, 11, 9, 48, 30, 12)
+    batch = select_batch(queue, max_items=4, max_tokens=10_000)
+    assert [item.length for item in batch] == [9, 10, 11, 12]
+
+
+def test_the_token_budget_bounds_rows_times_longest():
+    queue = items(10, 12, 11, 40, 9)
+    batch = select_batch(queue, max_items=10, max_tokens=48)  # 4 x 12 fits, a 40 would not
+    assert [item.length for item in batch] == [9, 10, 11, 12]
+
+
+def test_the_budget_counts_beam_width():
+    queue = items(10, 10, 10, 10, widths=(1, 4, 1, 1))
+    batch = select_batch(queue, max_items=10, max_tokens=30)  # 3 x 10 x 1; the beam-4 item: 2 x 10 x 4
+    assert [item.value for item in batch] == [0, 2, 3]
+
+
+def test_the_oldest_item_runs_even_alone_over_the_budget():
+    queue = items(500, 3, 4)
+    assert [item.length for item in select_batch(queue, max_items=10, max_tokens=100)] == [500]
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def test_a_lone_request_is_not_delayed():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_wait_s=5.0)  # a long wait must never apply when idle
+        batcher.start()
+        started = time.perf_counter()
+        results = await batcher.submit([1, 2], [3, 4])
+        elapsed = time.perf_counter() - started
+        await batcher.close()
+        return results, elapsed
+
+    results, elapsed = asyncio.run(scenario())
+    assert results == [2, 4]
+    assert elapsed < 1.0
+    assert recorder.batches == [[1, 2]]
+
+
+def test_requests_queued_during_a_batch_run_together_next():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([100], [5]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        others = [asyncio.create_task(batcher.submit([i], [i])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)  # all five queued while the first batch runs
+        recorder.release.set()
+        answers = [await first] + [await task for task in others]
+        await batcher.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[200], [2], [4], [6], [8], [10]]
+    assert recorder.batches == [[100], [1, 2, 3, 4, 5]]
+
+
+def test_a_busy_batcher_waits_a_little_for_more():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_wait_s=0.3)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([100], [5]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([1], [1]))
+        await asyncio.sleep(0.02)
+        recorder.release.set()
+        await first
+        await asyncio.sleep(0.05)  # arrives after the first batch, within the wait
+        late = asyncio.create_task(batcher.submit([2], [1]))
+        await asyncio.gather(queued, late)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert recorder.batches == [[100], [1, 2]]
+
+
+def test_max_batch_size_splits_a_large_request():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_batch_size=3)
+        batcher.start()
+        results = await batcher.submit(list(range(7)), [1] * 7)
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == [2 * v for v in range(7)]
+    assert [len(batch) for batch in recorder.batches] == [3, 3, 1]
+
+
+def test_a_failing_item_fails_only_its_own_request():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        good = [asyncio.create_task(batcher.submit([i], [1])) for i in (1, 2)]
+        bad = asyncio.create_task(batcher.submit([-1], [1]))
+        more = asyncio.create_task(batcher.submit([3], [1]))
+        await asyncio.sleep(0.05)
+        recorder.release.set()
+        answers = [await first, *[await task for task in good], await more]
+        with pytest.raises(ValueError, match="negative"):
+            await bad
+        assert await batcher.submit([4], [1]) == [8]  # and the batcher still serves
+        await batcher.close()
+        return answers
+
+    assert asyncio.run(scenario()) == [[0], [2], [4], [6]]
+    assert [1, 2, -1, 3] in recorder.batches  # they were batched, then retried one by one
+
+
+def test_a_full_queue_answers_overloaded():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_queue=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([1, 2, 3], [1, 1, 1]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="limit 4") as error:
+            await batcher.submit([4, 5], [1, 1])
+        assert error.value.error_code == 429
+        recorder.release.set()
+        await asyncio.gather(first, queued)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_is_skipped():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        gone = asyncio.create_task(batcher.submit([7], [1]))
+        kept = asyncio.create_task(batcher.submit([8], [1]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        recorder.release.set()
+        await asyncio.gather(first, kept)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert recorder.batches == [[0], [8]]

@@ -1,0 +1,49 @@
+"""service.config: every setting comes from its RNNSERVE_ variable, checked, and is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_without_variables():
+    assert Settings.from_env({}) == Settings()
+    assert Settings().sentiment_model == "sentiment-rnn:latest"
+    assert Settings().max_texts == 64
+    assert Settings().max_tokens == 2000
+
+
+def test_variables_override_with_their_types():
+    settings = Settings.from_env({"RNNSERVE_TRANSLATOR_KO_MODEL": "translator-ko-en:v2",
+                                  "RNNSERVE_WORKERS": "2", "RNNSERVE_MAX_WAIT_MS": "2.5",
+                                  "UNRELATED": "x"})
+    assert settings.translator_ko_model == "translator-ko-en:v2"
+    assert settings.workers == 2
+    assert settings.max_wait_ms == 2.5
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("RNNSERVE_TORCH_THREADS", "two", "expected int"),
+    ("RNNSERVE_MAX_BATCH_SIZE", "0", "at least 1"),
+    ("RNNSERVE_MAX_WAIT_MS", "-1", "at least 0"),
+])
+def test_a_bad_value_names_the_variable(name, value, message):
+    with pytest.raises(ValueError, match=f"{name}=.*{message}"):
+        Settings.from_env({name: value})
+
+
+def test_the_readme_documents_every_variable():
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"<!-- serving:start -->(.*)<!-- serving:end -->", text, re.S)
+    assert section, "README has no serving section"
+    rows = {line.split("|")[1].strip(): line for line in section.group(1).splitlines()
+            if line.startswith("| `RNNSERVE_")}
+    for name, default, _ in Settings.describe():
+        assert f"`{name}`" in rows, name
+        assert f"`{default}`" in rows[f"`{name}`"], (name, default)
