@@ -2,7 +2,8 @@
 
 Requests are pydantic models whose limits come from Settings, so BentoML rejects a bad request
 before it reaches a model, with a 400 whose JSON names the field (`loc`) and the limit (`msg`).
-Unknown fields are rejected too: a misspelt option must not be silently ignored.
+Unknown fields are rejected too: a misspelt option must not be silently ignored. Types are
+strict: "5" is not an integer and true is not 1.
 (No `from __future__ import annotations` here: the limits are evaluated when a model is built.)
 """
 
@@ -17,7 +18,7 @@ from service.config import Settings
 Source = Literal["de", "ko"]
 MAX_BEAM_SIZE = 8
 MAX_SEED = 2**63 - 1
-STRICT = ConfigDict(extra="forbid")
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class SentimentResult(BaseModel):

@@ -239,6 +239,8 @@ BAD_REQUESTS = [
     ("/generate", {"prompt": "a", "temperature": 2.5}, "temperature", "less than or equal to 2"),
     ("/generate", {"prompt": "a", "top_k": -1}, "top_k", "greater than or equal to 0"),
     ("/generate", {"prompt": "a", "seed": "abc"}, "seed", "integer"),
+    ("/generate", {"prompt": "a", "max_tokens": "5"}, "max_tokens", "integer"),
+    ("/generate", {"prompt": "a", "max_tokens": True}, "max_tokens", "integer"),
     ("/generate", {"prompt": "a", "seed": -1}, "seed", "greater than or equal to 0"),
     ("/generate", {"prompt": "a" * 1001}, "prompt", "at most 1000 characters"),
     ("/generate_stream", {"prompt": "a", "max_tokens": 2001}, "max_tokens", "2000"),
