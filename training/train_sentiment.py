@@ -35,7 +35,7 @@ class RunConfig:
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
-    epochs: int = help_field(6, "maximum epochs", minimum=1)
+    epochs: int = help_field(4, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
                                minimum=1)
     batch_size: int = help_field(64, "sentences per step (per process under torchrun)", minimum=1)

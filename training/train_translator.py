@@ -44,7 +44,7 @@ class RunConfig:
     attention_size: int = help_field(256, "additive attention size", minimum=1)
     dropout: float = help_field(0.3, "dropout", minimum=0.0)
     label_smoothing: float = help_field(0.1, "label smoothing of the loss", minimum=0.0)
-    epochs: int = help_field(10, "maximum epochs", minimum=1)
+    epochs: int = help_field(6, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better val BLEU", minimum=1)
     batch_size: int = help_field(128, "sentence pairs per step (per process under torchrun)",
                                  minimum=1)
