@@ -42,8 +42,8 @@ serve: install  ## import the shipped models into the store if missing, serve on
 train: install  ## full profile, all models, into the local BentoML store
 	$(PY) -m training.train_all --profile full
 
-train-quick: install  ## minutes: a smoke run of every model
-	$(PY) -m training.train_all --profile quick
+train-quick: install  ## minutes: a smoke run of every model, into temp folders (not the store)
+	$(PY) -m training.train_all --profile quick --no-store
 
 evaluate: install  ## test-split metrics of the store's (or shipped) models: JSON lines, then a table
 	$(PY) -m training.evaluate

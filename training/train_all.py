@@ -20,7 +20,8 @@ RUNS = (
     ("translator de-en", train_translator.main,
      {"full": ["--pair", "de-en"], "quick": ["--pair", "de-en"]}),
     ("translator ko-en", train_translator.main,
-     {"full": ["--profile", "full-ko", "--pair", "ko-en"], "quick": ["--pair", "ko-en"]}),
+     {"full": ["--profile", "full-ko", "--pair", "ko-en"],
+      "quick": ["--pair", "ko-en", "--source-vocab", "1000", "--character-coverage", "0.9995"]}),
     ("generator", train_generator.main, {"full": [], "quick": []}),
 )
 
@@ -31,12 +32,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="full: the shipped models' settings; quick: a smoke run of each")
     parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in RUNS],
                         help="train only these")
+    parser.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                        help="save the artifacts into the BentoML store (--no-store: temp folders)")
     args = parser.parse_args(argv)
     for label, run, extra in RUNS:
         if args.only and label not in args.only:
             continue
         log.info("training %s (%s profile)", label, args.profile)
-        metrics = run(["--profile", args.profile, *extra[args.profile]])
+        store = [] if args.store else ["--no-store"]
+        metrics = run(["--profile", args.profile, *extra[args.profile], *store])
         print(json.dumps({"model": metrics["model"], "folder": metrics["folder"],
                           "test": metrics["test"]}), flush=True)
 
