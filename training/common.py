@@ -15,7 +15,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,20 @@ def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str
             parser.error(f"--{f.name.replace('_', '-')} must be >= {minimum}, "
                          f"got {getattr(config, f.name)}")
     return config
+
+
+@dataclasses.dataclass
+class CommonRun:
+    """Flags every training script has; each task's RunConfig adds its own after these."""
+
+    seed: int = help_field(1, "random seed")
+    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    checkpoint_dir: str = help_field("", "where last.pt/best.pt go (default checkpoints/<model>)")
+    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt (a fresh start if none)")
+    store: bool = help_field(True, "save the artifact into the BentoML store")
+
+    def checkpoints(self, name: str) -> Path:
+        return Path(self.checkpoint_dir or f"checkpoints/{name}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,6 +169,32 @@ def load_checkpoint(directory: Path, module: nn.Module,
     progress = Progress(**json.loads(state["progress"]))
     log.info("resumed from %s at epoch %d step %d", path, progress.epoch, progress.step)
     return progress
+
+
+def resume_or_start(run: CommonRun, directory: Path, module: nn.Module,
+                    optimizer: torch.optim.Optimizer) -> Progress:
+    return (load_checkpoint(directory, module, optimizer) if run.resume else None) or Progress()
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module,
+                   clip: float) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+
+
+def end_epoch(progress: Progress, record: dict[str, float], metric: float, higher_is_better: bool,
+              seconds: float, directory: Path, module: nn.Module,
+              optimizer: torch.optim.Optimizer, rank: int) -> bool:
+    """Book an epoch (or an evaluation interval): history, best metric, checkpoint. True if best."""
+    progress.epoch += 1
+    progress.seconds += seconds
+    progress.history.append({"epoch": progress.epoch, **record})
+    best = progress.improved(metric, higher_is_better)
+    if rank == 0:
+        save_checkpoint(directory, module, optimizer, progress, best)
+    return best
 
 
 def load_best(directory: Path, module: nn.Module) -> None:
@@ -266,6 +306,17 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, rank: int, world: int,
+                  start_epoch: int) -> Iterator[list[list[int]]]:
+    """Each epoch's length_batches from one seeded generator. A resumed run replays the draws of
+    its finished epochs, so it sees the batches an uninterrupted run would have."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(start_epoch):
+        length_batches(lengths, batch_size, generator, rank, world)
+    while True:
+        yield length_batches(lengths, batch_size, generator, rank, world)
 
 
 def length_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None,

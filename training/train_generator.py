@@ -31,7 +31,7 @@ NAME = "char-generator"
 
 
 @dataclass
-class RunConfig:
+class RunConfig(common.CommonRun):
     cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
     embedding_dim: int = help_field(64, "character embedding size", minimum=1)
     hidden_size: int = help_field(384, "hidden units per layer", minimum=1)
@@ -47,17 +47,12 @@ class RunConfig:
                                     "(0 = no limit)", minimum=0.0)
     lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
     clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
-    seed: int = help_field(1, "random seed")
-    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
-    checkpoint_dir: str = help_field("checkpoints/generator", "where last.pt/best.pt go")
-    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt")
-    store: bool = help_field(True, "save the artifact into the BentoML store")
 
 
 PROFILES = {
     "full": {},
     "quick": {"steps": 60, "eval_every": 30, "hidden_size": 128, "batch_size": 32, "seq_len": 64,
-              "eval_windows": 40, "checkpoint_dir": "checkpoints/generator-quick"},
+              "eval_windows": 40, "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
 
 
@@ -83,9 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, run.steps) / run.steps)))
-    checkpoints = Path(run.checkpoint_dir)
-    progress = (common.load_checkpoint(checkpoints, module, optimizer) if run.resume else None) \
-        or common.Progress()
+    checkpoints = run.checkpoints(NAME)
+    progress = common.resume_or_start(run, checkpoints, module, optimizer)
     schedule.last_epoch = progress.step
     # each rank and each resumed step draws its own windows
     generator = torch.Generator().manual_seed(run.seed * 1000 + rank * 100003 + progress.step)
@@ -103,24 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
             windows = windows.to(device)  # (B, T+1)
             logits, _ = ddp(windows[:, :-1])  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), run.clip)
-            optimizer.step()
+            common.optimizer_step(loss, optimizer, module, run.clip)
             schedule.step()
             progress.step += 1
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         module.eval()
         val = char_loss(model, splits["val"], **validate)["val_loss"]
-        progress.epoch += 1
-        progress.seconds += timer.elapsed()
-        progress.history.append({"epoch": progress.epoch, "train_loss": total / count, "val_loss": val})
-        best = progress.improved(val, higher_is_better=False)
+        best = common.end_epoch(progress, {"train_loss": total / count, "val_loss": val}, val, False,
+                                timer.elapsed(), checkpoints, module, optimizer, rank)
         log.info("step %d: train loss %.4f, val loss %.4f nats/char%s (%.0f s)", progress.step,
                  total / count, val, " (best)" if best else "", timer.elapsed())
-        if rank == 0:
-            common.save_checkpoint(checkpoints, module, optimizer, progress, best)
         if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
             log.info("time budget of %.0f minutes reached", run.max_minutes)
             break

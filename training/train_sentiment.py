@@ -28,7 +28,7 @@ NAME = "sentiment-rnn"
 
 
 @dataclass
-class RunConfig:
+class RunConfig(common.CommonRun):
     cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
     embedding_dim: int = help_field(300, "word embedding size", minimum=1)
     hidden_size: int = help_field(256, "hidden units per direction", minimum=1)
@@ -43,17 +43,12 @@ class RunConfig:
     weight_decay: float = help_field(0.0, "Adam weight decay", minimum=0.0)
     clip: float = help_field(5.0, "gradient norm clip", minimum=0.0)
     train_limit: int = help_field(0, "use only the first N training phrases (0 = all)", minimum=0)
-    seed: int = help_field(1, "random seed")
-    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
-    checkpoint_dir: str = help_field("checkpoints/sentiment", "where last.pt/best.pt go")
-    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt")
-    store: bool = help_field(True, "save the artifact into the BentoML store")
 
 
 PROFILES = {
     "full": {},
     "quick": {"epochs": 1, "train_limit": 3000, "embedding_dim": 64, "hidden_size": 64,
-              "checkpoint_dir": "checkpoints/sentiment-quick"},
+              "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
 
 
@@ -79,40 +74,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     ddp = common.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr, weight_decay=run.weight_decay)
-    checkpoints = Path(run.checkpoint_dir)
-    progress = (common.load_checkpoint(checkpoints, module, optimizer) if run.resume else None) \
-        or common.Progress()
-    generator = torch.Generator().manual_seed(run.seed)
-    for _ in range(progress.epoch):  # replay the shuffles of finished epochs
-        torch.randperm(len(encoded), generator=generator)
+    checkpoints = run.checkpoints(NAME)
+    progress = common.resume_or_start(run, checkpoints, module, optimizer)
+    epochs = common.epoch_batches([len(s) for s in encoded], run.batch_size, run.seed, rank, world,
+                                  progress.epoch)
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
         module.train()
-        batches = common.length_batches([len(s) for s in encoded], run.batch_size, generator,
-                                        rank, world)
+        batches = next(epochs)
         total = 0.0
         bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
         for batch in bar:
             tokens, lengths = SentimentClassifier.collate([encoded[i] for i in batch])
             loss = F.cross_entropy(ddp(tokens.to(device), lengths), labels[batch].to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), run.clip)
-            optimizer.step()
+            common.optimizer_step(loss, optimizer, module, run.clip)
             total += loss.item()
             progress.step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         module.eval()
         dev = sentiment_accuracy(model, splits["dev"])["accuracy"]
-        progress.epoch += 1
-        progress.seconds += timer.elapsed()
-        progress.history.append({"epoch": progress.epoch, "train_loss": total / len(batches),
-                                 "dev_accuracy": dev})
-        best = progress.improved(dev, higher_is_better=True)
+        best = common.end_epoch(progress, {"train_loss": total / len(batches), "dev_accuracy": dev},
+                                dev, True, timer.elapsed(), checkpoints, module, optimizer, rank)
         log.info("epoch %d: train loss %.4f, dev accuracy %.2f%%%s (%.0f s)", progress.epoch,
                  total / len(batches), dev, " (best)" if best else "", timer.elapsed())
-        if rank == 0:
-            common.save_checkpoint(checkpoints, module, optimizer, progress, best)
     common.shutdown_distributed(world)
     if rank != 0:
         return {}

@@ -32,7 +32,7 @@ PAIRS = {"de-en": ("translator-de-en", "multi30k"), "ko-en": ("translator-ko-en"
 
 
 @dataclass
-class RunConfig:
+class RunConfig(common.CommonRun):
     pair: str = help_field("de-en", "language pair", choices=tuple(PAIRS))
     cell: str = help_field("gru", "recurrent cell", choices=CELLS)
     attention: str = help_field("additive", "attention score", choices=ATTENTIONS)
@@ -57,11 +57,6 @@ class RunConfig:
     train_limit: int = help_field(0, "use only the first N training pairs (0 = all)", minimum=0)
     val_limit: int = help_field(0, "validate on the first N pairs (0 = all)", minimum=0)
     test_beam: int = help_field(5, "beam size for the beam-search test score", minimum=1)
-    seed: int = help_field(1, "random seed")
-    device: str = help_field("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
-    checkpoint_dir: str = help_field("", "where last.pt/best.pt go (default checkpoints/<name>)")
-    resume: bool = help_field(False, "continue from checkpoint_dir/last.pt")
-    store: bool = help_field(True, "save the artifact into the BentoML store")
 
 
 PROFILES = {
@@ -112,17 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     ddp = common.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr)
-    checkpoints = Path(run.checkpoint_dir or f"checkpoints/{name}")
-    progress = (common.load_checkpoint(checkpoints, module, optimizer) if run.resume else None) \
-        or common.Progress()
-    generator = torch.Generator().manual_seed(run.seed)
-    for _ in range(progress.epoch):  # replay the shuffles of finished epochs
-        torch.randperm(len(sources), generator=generator)
+    checkpoints = run.checkpoints(name)
+    progress = common.resume_or_start(run, checkpoints, module, optimizer)
+    epochs = common.epoch_batches([len(s) for s in sources], run.batch_size, run.seed, rank, world,
+                                  progress.epoch)
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
         module.train()
-        batches = common.length_batches([len(s) for s in sources], run.batch_size, generator,
-                                        rank, world)
+        batches = next(epochs)
         total = 0.0
         bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
         for batch in bar:
@@ -133,27 +125,19 @@ def main(argv: list[str] | None = None) -> dict:
             logits = ddp(source.to(device), lengths, target_in.to(device))  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), target_out.to(device).flatten(),
                                    ignore_index=PAD_ID, label_smoothing=run.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), run.clip)
-            optimizer.step()
+            common.optimizer_step(loss, optimizer, module, run.clip)
             total += loss.item()
             progress.step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         module.eval()
         bleu = translation_bleu(model, val)["bleu"]
-        progress.epoch += 1
-        progress.seconds += timer.elapsed()
-        progress.history.append({"epoch": progress.epoch, "train_loss": total / len(batches),
-                                 "val_bleu": bleu})
-        best = progress.improved(bleu, higher_is_better=True)
+        best = common.end_epoch(progress, {"train_loss": total / len(batches), "val_bleu": bleu},
+                                bleu, True, timer.elapsed(), checkpoints, module, optimizer, rank)
         if not best:
             for group in optimizer.param_groups:
                 group["lr"] /= 2
         log.info("epoch %d: train loss %.4f, val BLEU %.2f%s (%.0f s)", progress.epoch,
                  total / len(batches), bleu, " (best)" if best else "", timer.elapsed())
-        if rank == 0:
-            common.save_checkpoint(checkpoints, module, optimizer, progress, best)
     common.shutdown_distributed(world)
     if rank != 0:
         return {}
