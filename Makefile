@@ -66,3 +66,18 @@ bento: install  ## the CPU bento rnn-serve:<version>: service + the store's mode
 IMAGE ?= rnn-serve:latest
 container: bento  ## docker image $(IMAGE) from the latest bento: needs a running Docker engine (none on these machines)
 	$(VENV)/bin/bentoml containerize rnn-serve:latest -t $(IMAGE)
+
+# Load test and benchmark (README "Performance"). `make load` needs a running server (`make serve`
+# in another shell): TARGET is its URL. HOST and PORT above are only the address `make serve` binds.
+.PHONY: load bench
+TARGET ?= http://127.0.0.1:$(PORT)
+USERS ?= 20
+SPAWN_RATE ?= 10
+DURATION ?= 1m
+PROFILE ?= MixedUser
+load: install  ## locust headless against $(TARGET): CSV + HTML to reports/load/, then the SLO check
+	mkdir -p reports/load
+	PYTHONPATH=. $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host $(TARGET) \
+		-u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --stop-timeout 30 --only-summary \
+		--csv reports/load/load --html reports/load/load.html --exit-code-on-error 0 $(PROFILE)
+	$(PY) -m loadtest.slo reports/load/load_stats.csv
