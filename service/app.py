@@ -37,7 +37,7 @@ from service import metrics
 from service.batching import Batcher
 from service.config import Settings
 from service.generation import GenerationLoop
-from service.middleware import EndpointMiddleware
+from service.middleware import DirectEndpoints, EndpointMiddleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,10 @@ for list_answer in ("sentiment", "translate"):
 RNNServe.add_asgi_middleware(EndpointMiddleware, endpoints={
     "/sentiment": "sentiment", "/generate": "generate", "/generate_stream": "generate_stream",
     "/translate": "translate", "/models": "models"})
+# inside EndpointMiddleware, so its error counts see these answers too
+RNNServe.add_asgi_middleware(DirectEndpoints, apis={
+    f"/{name}": RNNServe.apis[name] for name in ("sentiment", "translate", "generate")},
+    server_header=f"BentoML Service/{RNNServe.name}")
 
 
 def sentiment_result(probabilities: list[float]) -> SentimentResult:
