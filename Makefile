@@ -81,3 +81,10 @@ load: install  ## locust headless against $(TARGET): CSV + HTML to reports/load/
 		-u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) --stop-timeout 30 --only-summary \
 		--csv reports/load/load --html reports/load/load.html --exit-code-on-error 0 $(PROFILE)
 	$(PY) -m loadtest.slo reports/load/load_stats.csv
+
+# The commit before the performance work and one after each step, then settings worth comparing:
+# each is served and loaded in the same run as the working tree (README "Performance").
+BENCH_FLAGS ?= --compare 7aceba2 fba42ff 57936de \
+	--settings RNNSERVE_WORKERS=2 RNNSERVE_TORCH_THREADS=2 RNNSERVE_MAX_BATCH_SIZE=32
+bench: install  ## ceiling, service under wrk (apt-get install wrk), batching off -> reports/bench/bench.{json,md}
+	$(PY) -m loadtest.bench $(BENCH_FLAGS)

@@ -1,0 +1,616 @@
+"""The serving benchmark: the models' in-process ceiling, the service under a closed-loop load,
+batching on vs off, resident memory and cold start, in one run on one machine.
+
+    make bench            # python -m loadtest.bench: writes reports/bench/bench.{json,md}
+    python -m loadtest.bench --models DIR --seconds 4 --compare HEAD~3 --settings RNNSERVE_WORKERS=2
+                          # quicker; also /sentiment of an older commit and of other settings
+
+1. Ceiling: each model called directly (no HTTP, no service code) at batch 1, 8, 16, 32, 64 with
+   one torch thread: sentences/s for sentiment and greedy translation, tokens/s for generation
+   (200 sampled characters per sequence, prompts primed one by one as the service does).
+2. Service: `bentoml serve` of the same models in its own store, loaded by wrk (one thread, a
+   closed loop of c connections, bodies from the validation splits in turn: loadtest/wrk_bodies.lua)
+   at c = 1, 16, 64: requests/s and p50/p95/p99, with the CPU wrk itself used and the server's.
+   While /generate runs at c=16, a probe streams /generate_stream requests one at a time and times
+   their first chunk (time to first token).
+3. The ratio service / ceiling, and the same service with batching off (RNNSERVE_MAX_BATCH_SIZE=1,
+   RNNSERVE_MAX_ACTIVE_SEQUENCES=1).
+Also: the resident memory of every server process together, and the time from start to /readyz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest.payloads import ValidationTexts, load_validation_texts
+from models.generator import CharGenerator, sample_next
+from models.rnn import cat_states
+from models.sentiment import SentimentClassifier
+from models.translator import Translator
+
+log = logging.getLogger("loadtest.bench")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = Path(__file__).with_name("wrk_bodies.lua")
+CEILING_BATCHES = (1, 8, 16, 32, 64)
+CONCURRENCY = (1, 16, 64)
+GENERATE_TOKENS = 200
+BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
+MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
+READY_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str
+    unit: str  # what the ceiling counts
+    items_per_request: int  # units one request produces
+    model: str  # rnnserve_batch_size's model label
+
+
+ENDPOINTS = {
+    "sentiment": Endpoint("sentiment", "/sentiment", "sentences", 1, "sentiment-rnn"),
+    "translate": Endpoint("translate", "/translate", "sentences", 1, "translator-de-en"),
+    "generate": Endpoint("generate", "/generate", "tokens", GENERATE_TOKENS, "char-generator"),
+}
+
+
+def request_bodies(texts: ValidationTexts) -> dict[str, list[dict]]:
+    """What the benchmark sends: one sentence per request, greedy German, 200 characters."""
+    return {
+        "sentiment": [{"texts": [review]} for review in texts.reviews],
+        "translate": [{"texts": [german], "source": "de"} for german in texts.german],
+        "generate": [{"prompt": prompt, "max_tokens": GENERATE_TOKENS, "temperature": 0.8,
+                      "seed": seed} for seed, prompt in enumerate(texts.prompts)],
+    }
+
+
+# -- 1. the ceiling ------------------------------------------------------------------------------
+
+def items_per_second(run: Callable[[list], int], inputs: list, batch_size: int,
+                     min_seconds: float) -> float:
+    """Items/s of `run(batch) -> items` over consecutive batches of `inputs`, cycling, for at least
+    `min_seconds` (and at least one batch) after one untimed warm-up batch."""
+    batches = [inputs[i:i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)]
+    run(batches[0])
+    items, started, index = 0, time.perf_counter(), 0
+    while True:
+        items += run(batches[index % len(batches)])
+        index += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return items / elapsed
+
+
+def generate_batch(pipeline: CharGenerator, prompts: list[str], tokens: int) -> int:
+    """Sample `tokens` characters for every prompt as one batch; returns the characters made."""
+    primed = [pipeline.prime(prompt) for prompt in prompts]  # (V,), state per prompt
+    logits = torch.stack([p[0] for p in primed])  # (B, V)
+    state = cat_states([p[1] for p in primed])
+    batch = len(prompts)
+    temperature, top_k = torch.full((batch,), 0.8), torch.zeros(batch, dtype=torch.long)
+    generators = [torch.Generator().manual_seed(row) for row in range(batch)]
+    for _ in range(tokens):
+        next_tokens = sample_next(logits, temperature, top_k, generators)  # (B,)
+        logits, state = pipeline.module.step(next_tokens, state)
+    return batch * tokens
+
+
+def measure_ceiling(models_dir: Path, texts: ValidationTexts, threads: int,
+                    min_seconds: float) -> dict[str, dict[str, float]]:
+    """Units/s per endpoint and batch size, in this process, with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    classifier = SentimentClassifier.load(models_dir / "sentiment-rnn")
+    translator = Translator.load(models_dir / "translator-de-en")
+    generator = CharGenerator.load(models_dir / "char-generator")
+    reviews = [classifier.encode(text) for text in texts.reviews]
+    german = [translator.encode_source(text) for text in texts.german]
+    runs: dict[str, tuple[Callable[[list], int], list]] = {
+        "sentiment": (lambda batch: len(classifier.predict_ids(batch)), reviews),
+        "translate": (lambda batch: len(translator.translate_ids(batch, [1] * len(batch),
+                                                                 [None] * len(batch))), german),
+        "generate": (lambda batch: generate_batch(generator, batch, GENERATE_TOKENS),
+                     texts.prompts * (1 + max(CEILING_BATCHES) // max(1, len(texts.prompts)))),
+    }
+    ceiling: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for name, (run, inputs) in runs.items():
+            ceiling[name] = {}
+            for batch_size in CEILING_BATCHES:
+                ceiling[name][str(batch_size)] = items_per_second(run, inputs, batch_size, min_seconds)
+                log.info("ceiling %s batch %d: %.1f %s/s", name, batch_size,
+                         ceiling[name][str(batch_size)], ENDPOINTS[name].unit)
+    return ceiling
+
+
+# -- 2. the service ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A running `bentoml serve` of the service in `tree`, with the models in `bentoml_home`."""
+
+    def __init__(self, process: subprocess.Popen, url: str, cold_start_s: float):
+        self.process = process
+        self.url = url
+        self.cold_start_s = cold_start_s
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def rss_mb(self) -> float:
+        """Resident memory of the supervisor and every worker, summed."""
+        total = 0
+        for process in self.processes():
+            with suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.processes():
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """From /metrics: rnnserve_batch_size sum and count per model label, and
+        ("in_progress", "") = the requests BentoML counts as in progress."""
+        connection = http.client.HTTPConnection(self.url.removeprefix("http://"), timeout=10)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        connection.close()
+        found: dict[tuple[str, str], float] = {("in_progress", ""): 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if family.name == "rnnserve_batch_size" and sample.name.endswith(("_sum", "_count")):
+                    key = (sample.labels["model"], sample.name.rsplit("_", 1)[1])
+                    found[key] = found.get(key, 0.0) + sample.value
+                elif sample.name == "bentoml_service_request_in_progress":
+                    found[("in_progress", "")] += sample.value
+        return found
+
+    def wait_idle(self, timeout_s: float = 180) -> None:
+        """Until no request is in progress: wrk leaves its last requests queued when it stops."""
+        deadline = time.perf_counter() + timeout_s
+        while self.metrics()[("in_progress", "")] > 0 and time.perf_counter() < deadline:
+            time.sleep(0.2)
+
+
+@contextmanager
+def serving(tree: Path, bentoml_home: Path, log_path: Path, settings: dict[str, str]) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true", PYTHONPATH=str(tree),
+               **settings)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with open(log_path, "wb") as server_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.app:RNNServe", "--host", "127.0.0.1",
+             "--port", str(port)], cwd=tree, env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = started + READY_TIMEOUT_S
+        while not ready(url):
+            if process.poll() is not None or time.perf_counter() > deadline:
+                raise RuntimeError(f"the server did not get ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield Server(process, url, time.perf_counter() - started)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ready(url: str) -> bool:
+    try:
+        connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=2)
+        connection.request("GET", "/readyz")
+        status = connection.getresponse().status
+        connection.close()
+        return status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class Point:
+    """One wrk run: an endpoint at a concurrency."""
+
+    endpoint: str
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    requests_per_s: float
+    units_per_s: float  # sentences/s or tokens/s
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    wrk_cpu_percent: float  # of one core
+    server_cpu_percent: float  # of one core, all server processes
+    mean_batch: float | None  # items per model batch (sequences per step for generation)
+    ttft_ms: dict[str, float] = field(default_factory=dict)  # probe: p50, p95, count
+
+
+def run_wrk(url: str, path: str, bodies_file: Path, concurrency: int, seconds: int) -> tuple[dict, float]:
+    """wrk's result line and the CPU seconds wrk used."""
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
+               "-s", str(WRK_SCRIPT), url + path]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "WRK_BODIES": str(bodies_file)})
+    output = process.stdout.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in output.splitlines() if line.startswith("WRK_RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
+    return json.loads(lines[-1].removeprefix("WRK_RESULT ")), usage.ru_utime + usage.ru_stime
+
+
+class FirstTokenProbe:
+    """Streams /generate_stream requests one after another in a thread; times each first chunk."""
+
+    def __init__(self, url: str, bodies: list[dict]):
+        self.url = url
+        self.bodies = [{**body, "max_tokens": 20} for body in bodies]
+        self.times_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FirstTokenProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            body = json.dumps(self.bodies[index % len(self.bodies)]).encode()
+            index += 1
+            connection = http.client.HTTPConnection(self.url.removeprefix("http://"), timeout=60)
+            started = time.perf_counter()
+            connection.request("POST", "/generate_stream", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            first = response.read1(1)
+            if response.status == 200 and first:
+                self.times_ms.append((time.perf_counter() - started) * 1000)
+            response.read()
+            connection.close()
+            self._stop.wait(0.05)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurrency: int,
+                  seconds: int, warmup_s: int, probe_bodies: list[dict] | None) -> Point:
+    if warmup_s > 0:
+        run_wrk(server.url, endpoint.path, bodies_file, concurrency, warmup_s)
+        server.wait_idle()
+    batches_before = server.metrics()
+    cpu_before = server.cpu_seconds()
+    probe = FirstTokenProbe(server.url, probe_bodies) if probe_bodies else None
+    if probe:
+        probe.__enter__()
+    try:
+        result, wrk_cpu = run_wrk(server.url, endpoint.path, bodies_file, concurrency, seconds)
+    finally:
+        if probe:
+            probe.__exit__()
+    server_cpu = server.cpu_seconds() - cpu_before
+    batches_after = server.metrics()
+    server.wait_idle()
+    batch_count = (batches_after.get((endpoint.model, "count"), 0)
+                   - batches_before.get((endpoint.model, "count"), 0))
+    batch_sum = (batches_after.get((endpoint.model, "sum"), 0)
+                 - batches_before.get((endpoint.model, "sum"), 0))
+    duration = result["duration_us"] / 1e6
+    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
+                                     "timeouts"))
+    good = result["requests"] - result["status_errors"]
+    point = Point(
+        endpoint=endpoint.name, concurrency=concurrency, seconds=duration, requests=result["requests"],
+        errors=errors, requests_per_s=good / duration,
+        units_per_s=good * endpoint.items_per_request / duration,
+        p50_ms=result["p50_us"] / 1000, p95_ms=result["p95_us"] / 1000, p99_ms=result["p99_us"] / 1000,
+        wrk_cpu_percent=100 * wrk_cpu / duration, server_cpu_percent=100 * server_cpu / duration,
+        mean_batch=batch_sum / batch_count if batch_count else None)
+    if probe is not None:
+        point.ttft_ms = {"p50": percentile(probe.times_ms, 0.5), "p95": percentile(probe.times_ms, 0.95),
+                         "count": len(probe.times_ms)}
+    log.info("%s c=%d: %.1f req/s, p50 %.1f p99 %.1f ms, %d errors, wrk %.0f%% cpu, server %.0f%% cpu%s",
+             endpoint.name, concurrency, point.requests_per_s, point.p50_ms, point.p99_ms, errors,
+             point.wrk_cpu_percent, point.server_cpu_percent,
+             f", TTFT p50 {point.ttft_ms['p50']:.1f} ms" if point.ttft_ms else "")
+    return point
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A server to measure: a source tree, its settings, and which points."""
+
+    name: str
+    tree: Path
+    settings: dict[str, str]
+    points: dict[str, tuple[int, ...]]  # endpoint -> concurrencies
+    longer: dict[str, int] = field(default_factory=dict)  # endpoint -> least measured seconds
+
+
+def measure_variant(variant: Variant, bentoml_home: Path, workdir: Path, bodies: dict[str, list[dict]],
+                    seconds: int, warmup_s: int) -> dict[str, Any]:
+    bodies_files = {}
+    for name, endpoint_bodies in bodies.items():
+        bodies_files[name] = workdir / f"{name}.jsonl"
+        bodies_files[name].write_text("".join(json.dumps(b) + "\n" for b in endpoint_bodies))
+    log_path = workdir / f"server-{variant.name.replace(' ', '-')}.log"
+    log.info("serving %s (%s)", variant.name, variant.settings or "defaults")
+    with serving(variant.tree, bentoml_home, log_path, variant.settings) as server:
+        idle_rss = server.rss_mb()
+        points = []
+        for name, concurrencies in variant.points.items():
+            for concurrency in concurrencies:
+                probe = bodies["generate"] if name == "generate" and concurrency == 16 else None
+                points.append(measure_point(server, ENDPOINTS[name], bodies_files[name], concurrency,
+                                            max(seconds, variant.longer.get(name, 0)), warmup_s, probe))
+        return {"settings": variant.settings, "cold_start_s": server.cold_start_s,
+                "rss_mb_idle": idle_rss, "rss_mb_after_load": server.rss_mb(),
+                "points": [dataclasses.asdict(p) for p in points]}
+
+
+def export_tree(ref: str, directory: Path) -> Path:
+    """The committed files of `ref` in `directory` (git archive: the working tree is untouched)."""
+    directory.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=REPO_ROOT, check=True,
+                             capture_output=True).stdout
+    archive_path = directory.with_suffix(".tar")
+    archive_path.write_bytes(archive)
+    with tarfile.open(archive_path) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
+
+
+# -- 3. targets and the report -------------------------------------------------------------------
+
+def find_point(result: dict, endpoint: str, concurrency: int) -> dict | None:
+    for point in result["points"]:
+        if point["endpoint"] == endpoint and point["concurrency"] == concurrency:
+            return point
+    return None
+
+
+def targets(ceiling: dict, service: dict, off: dict | None) -> list[dict]:
+    """The issue's targets: measured, target and whether it is met."""
+    rows = []
+
+    def add(what: str, measured: float, target: float, higher_is_better: bool, unit: str) -> None:
+        met = measured >= target if higher_is_better else measured <= target
+        rows.append({"target": what, "measured": measured, "goal": target, "unit": unit,
+                     "direction": ">=" if higher_is_better else "<=", "met": bool(met)})
+
+    s64, s1 = find_point(service, "sentiment", 64), find_point(service, "sentiment", 1)
+    if s64:
+        add("/sentiment requests/s at c=64 / ceiling batch 32 (1 thread)",
+            s64["requests_per_s"] / ceiling["sentiment"]["32"], 0.8, True, "x")
+        add("/sentiment p99 at c=64", s64["p99_ms"], 50, False, "ms")
+        add("/sentiment errors at c=64", s64["errors"], 0, False, "")
+    if s1:
+        add("/sentiment p50 at c=1", s1["p50_ms"], 3, False, "ms")
+    off64 = find_point(off, "sentiment", 64) if off else None
+    if s64 and off64:
+        add("/sentiment batching on / off at c=64", s64["requests_per_s"] / off64["requests_per_s"], 3,
+            True, "x")
+    t16 = find_point(service, "translate", 16)
+    if t16:
+        add("/translate sentences/s at c=16 / ceiling greedy batch 16",
+            t16["units_per_s"] / ceiling["translate"]["16"], 0.6, True, "x")
+    g16 = find_point(service, "generate", 16)
+    if g16:
+        add("/generate tokens/s at c=16 / ceiling batch 16", g16["units_per_s"] / ceiling["generate"]["16"],
+            0.6, True, "x")
+        if g16["ttft_ms"]:
+            add("time to first token p50 (/generate_stream probe beside /generate at c=16)",
+                g16["ttft_ms"]["p50"], 25, False, "ms")
+    add("resident memory, all server processes", service["rss_mb_after_load"], 1536, False, "MB")
+    add("start to ready", service["cold_start_s"], 15, False, "s")
+    return rows
+
+
+def machine_conditions() -> dict[str, Any]:
+    others = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "training.train_" in cmdline:
+            others.append(cmdline)
+    import bentoml
+
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "bentoml": bentoml.__version__, "load_average_at_start": os.getloadavg(),
+            "training_processes_running": others}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    lines = ["# Serving benchmark", "",
+             f"Written by `{report['command']}` at {report['finished']}. Machine: "
+             f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, bentoml "
+             f"{report['machine']['bentoml']}; load average at start "
+             f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}.", ""]
+    if report["machine"]["training_processes_running"]:
+        lines += ["**Contention:** training processes were running on the same cores during this run: "
+                  + "; ".join(f"`{c}`" for c in report["machine"]["training_processes_running"])
+                  + ". Every figure below shares the CPU with them.", ""]
+    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for row in report["targets"]:
+        lines.append(f"| {row['target']} | {row['measured']:.3g} {row['unit']} | {row['direction']} "
+                     f"{row['goal']:g} {row['unit']} | {'yes' if row['met'] else '**no**'} |")
+    threads = report["ceiling_threads"]
+    lines += ["", f"## Ceiling: in-process, no HTTP, {threads} torch thread{'s' if threads > 1 else ''}", "",
+              "| endpoint | unit | " + " | ".join(f"batch {b}" for b in CEILING_BATCHES) + " |",
+              "|---|---|" + "---|" * len(CEILING_BATCHES)]
+    for name, by_batch in report["ceiling"].items():
+        lines.append(f"| {name} | {ENDPOINTS[name].unit}/s | "
+                     + " | ".join(f"{by_batch[str(b)]:.0f}" for b in CEILING_BATCHES) + " |")
+    for variant, result in report["service"].items():
+        lines += ["", f"## Service: {variant}", "",
+                  f"Settings: {result['settings'] or 'defaults'}. Start to ready "
+                  f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle, "
+                  f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
+                  "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
+                  "| / ceiling at batch c | server CPU | wrk CPU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in result["points"]:
+            ceiling = report["ceiling"][p["endpoint"]].get(str(p["concurrency"]))
+            ratio = f"{p['units_per_s'] / ceiling:.2f}" if ceiling else "-"
+            batch = f"{p['mean_batch']:.1f}" if p["mean_batch"] is not None else "-"
+            lines.append(f"| {p['endpoint']} | {p['concurrency']} | {p['requests_per_s']:.1f} | "
+                         f"{p['units_per_s']:.0f} {ENDPOINTS[p['endpoint']].unit} | {p['p50_ms']:.1f} | "
+                         f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} | {batch} | {ratio} | "
+                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% |")
+            if p["ttft_ms"]:
+                lines.append(f"| | | time to first token (probe): p50 {p['ttft_ms']['p50']:.1f} ms, "
+                             f"p95 {p['ttft_ms']['p95']:.1f} ms over {p['ttft_ms']['count']} streams "
+                             "| | | | | | | | | |")
+    if report["comparisons"]:
+        lines += ["", "## Before / after (same run)", "",
+                  "Each row: the service at an earlier commit, or with other settings, against the "
+                  "working tree with default settings (\"batching on\" above): same models, same "
+                  "bodies, same run.", "",
+                  "| variant | endpoint | c | req/s | p50 ms | p99 ms | req/s: defaults now / variant |",
+                  "|---|---|---|---|---|---|---|"]
+        current = report["service"]["batching on"]
+        for variant, result in report["comparisons"].items():
+            for p in result["points"]:
+                now = find_point(current, p["endpoint"], p["concurrency"])
+                ratio = (f"{now['requests_per_s'] / p['requests_per_s']:.2f}"
+                         if now and p["requests_per_s"] else "-")
+                lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
+                             f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} |")
+    lines += ["", "Units: sentences for sentiment and translation, characters (tokens) for generation. "
+              "`/ ceiling at batch c` divides the service's units/s by the in-process figure at the batch "
+              "size equal to the concurrency. CPU figures are percent of one core over the measured "
+              "seconds.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models" / "pretrained",
+                        help="folder with the four model artifacts (the shipped ones by default)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench",
+                        help="where bench.json and bench.md go")
+    parser.add_argument("--seconds", type=int, default=8, help="measured seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds before each (0: none)")
+    parser.add_argument("--ceiling-seconds", type=float, default=1.5,
+                        help="least seconds per ceiling measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the ceiling")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="REF",
+                        help="also serve these commits (git archive) and measure /sentiment at c = 1, 16, "
+                             "64, for a before/after in the same run")
+    parser.add_argument("--settings", nargs="*", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
+                        help="also serve the working tree with these settings (e.g. RNNSERVE_WORKERS=2) "
+                             "and measure /sentiment at c = 1, 16, 64")
+    parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
+                        help="measure only these endpoints (development; the report needs all)")
+    args = parser.parse_args(argv)
+
+    missing = [name for name in MODEL_FOLDERS if not (args.models / name).is_dir()]
+    if missing:
+        parser.error(f"{args.models} lacks {', '.join(missing)}")
+    if subprocess.run(["wrk", "--version"], capture_output=True).returncode not in (0, 1):
+        parser.error("wrk not found: apt-get install wrk")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine = machine_conditions()
+    texts = load_validation_texts()
+    bodies = request_bodies(texts)
+    ceiling = measure_ceiling(args.models, texts, args.threads, args.ceiling_seconds)
+
+    everything = {name: CONCURRENCY for name in args.only}
+    variants = [Variant("batching on", REPO_ROOT, {}, everything)]
+    if not args.skip_off:
+        # generation with one sequence at a time at c=64 would take minutes per point
+        off = {"sentiment": CONCURRENCY, "translate": CONCURRENCY, "generate": (1, 16)}
+        # one sequence at a time: 16 queued 200-character requests take many seconds each
+        variants.append(Variant("batching off", REPO_ROOT, BATCHING_OFF,
+                                {name: off[name] for name in args.only}, longer={"generate": 20}))
+    with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
+        workdir = Path(tmp)
+        bentoml_home = workdir / "bentoml_home"
+        subprocess.run([sys.executable, "-m", "training.store", "import-shipped", "--dir", str(args.models)],
+                       cwd=REPO_ROOT, check=True, capture_output=True,
+                       env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"})
+        extra = []
+        for ref in args.compare:
+            commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+            tree = export_tree(commit, workdir / f"tree-{commit}")
+            extra.append(Variant(f"commit {commit}", tree, {}, {"sentiment": CONCURRENCY}))
+        for settings in args.settings:
+            values = dict(pair.split("=", 1) for pair in settings.split(","))
+            extra.append(Variant(settings, REPO_ROOT, values, {"sentiment": CONCURRENCY}))
+        comparisons = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
+                       for v in extra}
+        service = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
+                   for v in variants}
+
+    report = {
+        "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine, "models": str(args.models), "ceiling_threads": args.threads,
+        "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
+        "ceiling": ceiling, "service": service, "comparisons": comparisons,
+        "targets": targets(ceiling, service["batching on"], service.get("batching off")),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out / "bench.md")
+    log.info("wrote %s and %s", args.out / "bench.json", args.out / "bench.md")
+    for row in report["targets"]:
+        log.info("%-80s %10.3g %-3s %s %g: %s", row["target"], row["measured"], row["unit"], row["direction"],
+                 row["goal"], "met" if row["met"] else "NOT met")
+
+
+if __name__ == "__main__":
+    main()
