@@ -526,6 +526,25 @@ def write_markdown(report: dict, path: Path) -> None:
                          if now and p["requests_per_s"] else "-")
                 lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
                              f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} |")
+    steps = [name for name in report["comparisons"] if name.startswith("commit ")]
+    if steps:
+        chain = [*steps, "batching on"]
+        results = {**report["comparisons"], "batching on": report["service"]["batching on"]}
+        lines += ["", "## What each step bought (/sentiment, same run)", "",
+                  "| from | to | req/s ratio c=1 | c=16 | c=64 | p50 c=1 ms | p99 c=64 ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for before, after in zip(chain, chain[1:], strict=False):
+            then, now = results[before], results[after]
+            ratios = []
+            for concurrency in CONCURRENCY:
+                a, b = find_point(then, "sentiment", concurrency), find_point(now, "sentiment", concurrency)
+                ratios.append(f"{b['requests_per_s'] / a['requests_per_s']:.2f}" if a and b else "-")
+            p1 = [find_point(r, "sentiment", 1) for r in (then, now)]
+            p64 = [find_point(r, "sentiment", 64) for r in (then, now)]
+            p50 = f"{p1[0]['p50_ms']:.1f} -> {p1[1]['p50_ms']:.1f}" if all(p1) else "-"
+            p99 = f"{p64[0]['p99_ms']:.0f} -> {p64[1]['p99_ms']:.0f}" if all(p64) else "-"
+            target = after if after != "batching on" else "working tree"
+            lines.append(f"| {before} | {target} | {' | '.join(ratios)} | {p50} | {p99} |")
     lines += ["", "Units: sentences for sentiment and translation, characters (tokens) for generation. "
               "`/ ceiling at batch c` divides the service's units/s by the in-process figure at the batch "
               "size equal to the concurrency. CPU figures are percent of one core over the measured "
