@@ -21,6 +21,7 @@ Also: the resident memory of every server process together, and the time from st
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import http.client
 import json
@@ -44,12 +45,15 @@ from typing import Any
 import psutil
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from torch import nn
 
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from models.generator import CharGenerator, sample_next
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
+from training import data
+from training.evaluate import char_loss, sentiment_accuracy, translation_bleu
 
 log = logging.getLogger("loadtest.bench")
 
@@ -120,31 +124,87 @@ def generate_batch(pipeline: CharGenerator, prompts: list[str], tokens: int) -> 
     return batch * tokens
 
 
-def measure_ceiling(models_dir: Path, texts: ValidationTexts, threads: int,
-                    min_seconds: float) -> dict[str, dict[str, float]]:
-    """Units/s per endpoint and batch size, in this process, with `threads` torch threads."""
-    torch.set_num_threads(threads)
-    classifier = SentimentClassifier.load(models_dir / "sentiment-rnn")
-    translator = Translator.load(models_dir / "translator-de-en")
-    generator = CharGenerator.load(models_dir / "char-generator")
-    reviews = [classifier.encode(text) for text in texts.reviews]
-    german = [translator.encode_source(text) for text in texts.german]
-    runs: dict[str, tuple[Callable[[list], int], list]] = {
-        "sentiment": (lambda batch: len(classifier.predict_ids(batch)), reviews),
-        "translate": (lambda batch: len(translator.translate_ids(batch, [1] * len(batch),
-                                                                 [None] * len(batch))), german),
-        "generate": (lambda batch: generate_batch(generator, batch, GENERATE_TOKENS),
-                     texts.prompts * (1 + max(CEILING_BATCHES) // max(1, len(texts.prompts)))),
-    }
+@dataclass(frozen=True)
+class Pipelines:
+    classifier: SentimentClassifier
+    translator: Translator
+    generator: CharGenerator
+
+    @classmethod
+    def load(cls, models_dir: Path) -> Pipelines:
+        return cls(SentimentClassifier.load(models_dir / "sentiment-rnn"),
+                   Translator.load(models_dir / "translator-de-en"),
+                   CharGenerator.load(models_dir / "char-generator"))
+
+    def quantized(self) -> Pipelines:
+        """Dynamic int8 copies: RNN and Linear weights in int8, activations quantized on the fly.
+
+        The generator keeps its small output Linear in float32: CharLM.init_state reads its weight.
+        """
+        rnns = {nn.LSTM, nn.GRU, nn.RNN}
+
+        def int8(module: nn.Module, layers: set[type[nn.Module]]) -> nn.Module:
+            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), layers, dtype=torch.qint8)
+
+        return Pipelines(
+            SentimentClassifier(int8(self.classifier.module, rnns | {nn.Linear}), self.classifier.vocab),
+            Translator(int8(self.translator.module, rnns | {nn.Linear}), self.translator.source_spm,
+                       self.translator.target_spm),
+            CharGenerator(int8(self.generator.module, rnns), self.generator.vocab))
+
+    def runs(self, texts: ValidationTexts) -> dict[str, tuple[Callable[[list], int], list]]:
+        """Per endpoint: run(batch) -> units made, and the inputs to batch."""
+        classifier, translator, generator = self.classifier, self.translator, self.generator
+        return {
+            "sentiment": (lambda batch: len(classifier.predict_ids(batch)),
+                          [classifier.encode(text) for text in texts.reviews]),
+            "translate": (lambda batch: len(translator.translate_ids(batch, [1] * len(batch),
+                                                                     [None] * len(batch))),
+                          [translator.encode_source(text) for text in texts.german]),
+            "generate": (lambda batch: generate_batch(generator, batch, GENERATE_TOKENS),
+                         texts.prompts * (1 + max(CEILING_BATCHES) // max(1, len(texts.prompts)))),
+        }
+
+
+def measure_ceiling(pipelines: Pipelines, texts: ValidationTexts, min_seconds: float,
+                    batch_sizes: tuple[int, ...] = CEILING_BATCHES) -> dict[str, dict[str, float]]:
+    """Units/s per endpoint and batch size, in this process."""
     ceiling: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        for name, (run, inputs) in runs.items():
+        for name, (run, inputs) in pipelines.runs(texts).items():
             ceiling[name] = {}
-            for batch_size in CEILING_BATCHES:
+            for batch_size in batch_sizes:
                 ceiling[name][str(batch_size)] = items_per_second(run, inputs, batch_size, min_seconds)
                 log.info("ceiling %s batch %d: %.1f %s/s", name, batch_size,
                          ceiling[name][str(batch_size)], ENDPOINTS[name].unit)
     return ceiling
+
+
+QUANTIZED_BATCHES = (1, 16, 32)
+BLEU_SENTENCES = 300  # of Multi30k val: enough to see a change, quick to decode
+LOSS_WINDOWS = 64  # of Tiny Shakespeare val, 256 characters each
+
+
+def validation_quality(pipelines: Pipelines) -> dict[str, float]:
+    """Validation-split quality of each model: the figures int8 must not spoil."""
+    with torch.inference_mode():
+        return {
+            "sentiment_dev_accuracy": sentiment_accuracy(pipelines.classifier,
+                                                         data.sst2_splits()["dev"])["accuracy"],
+            "generator_val_bits_per_char": char_loss(pipelines.generator, data.shakespeare_splits()["val"],
+                                                     max_windows=LOSS_WINDOWS)["bits_per_char"],
+            "translator_de_val_bleu_greedy": translation_bleu(
+                pipelines.translator, data.multi30k_splits()["val"][:BLEU_SENTENCES])["bleu"],
+        }
+
+
+def measure_quantization(pipelines: Pipelines, texts: ValidationTexts, min_seconds: float) -> dict:
+    """float32 vs dynamic int8: validation quality, and the ceiling at a few batch sizes."""
+    quantized = pipelines.quantized()
+    result = {"quality": {"float32": validation_quality(pipelines), "int8": validation_quality(quantized)},
+              "ceiling_int8": measure_ceiling(quantized, texts, min_seconds, QUANTIZED_BATCHES)}
+    log.info("quantization: %s", result["quality"])
+    return result
 
 
 # -- 2. the service ------------------------------------------------------------------------------
@@ -491,6 +551,22 @@ def write_markdown(report: dict, path: Path) -> None:
     for name, by_batch in report["ceiling"].items():
         lines.append(f"| {name} | {ENDPOINTS[name].unit}/s | "
                      + " | ".join(f"{by_batch[str(b)]:.0f}" for b in CEILING_BATCHES) + " |")
+    if report["quantization"]:
+        quantization = report["quantization"]
+        lines += ["", "## Dynamic int8 quantization (measured, not served)", "",
+                  "`torch.ao.quantization.quantize_dynamic` of every RNN and Linear layer (the "
+                  "generator's output layer stays float32); same thread count. Quality on validation "
+                  "splits (SST-2 dev accuracy %, Tiny Shakespeare val bits per character over "
+                  f"{LOSS_WINDOWS} windows, greedy BLEU on the first {BLEU_SENTENCES} Multi30k val "
+                  "sentences).", "",
+                  "| measure | float32 | int8 |", "|---|---|---|"]
+        for key, value in quantization["quality"]["float32"].items():
+            lines.append(f"| {key} | {value} | {quantization['quality']['int8'][key]} |")
+        for name, by_batch in quantization["ceiling_int8"].items():
+            for batch, value in by_batch.items():
+                base = report["ceiling"][name][batch]
+                lines.append(f"| {name} ceiling at batch {batch}, {ENDPOINTS[name].unit}/s | {base:.0f} | "
+                             f"{value:.0f} ({value / base:.2f}x) |")
     for variant, result in report["service"].items():
         lines += ["", f"## Service: {variant}", "",
                   f"Settings: {result['settings'] or 'defaults'}. Start to ready "
@@ -571,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also serve the working tree with these settings (e.g. RNNSERVE_WORKERS=2) "
                              "and measure /sentiment at c = 1, 16, 64")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    parser.add_argument("--skip-quantization", action="store_true",
+                        help="skip float32 vs dynamic int8 (validation quality and ceiling)")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
                         help="measure only these endpoints (development; the report needs all)")
     args = parser.parse_args(argv)
@@ -584,7 +662,12 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_conditions()
     texts = load_validation_texts()
     bodies = request_bodies(texts)
-    ceiling = measure_ceiling(args.models, texts, args.threads, args.ceiling_seconds)
+    torch.set_num_threads(args.threads)
+    pipelines = Pipelines.load(args.models)
+    ceiling = measure_ceiling(pipelines, texts, args.ceiling_seconds)
+    quantization = None if args.skip_quantization else measure_quantization(pipelines, texts,
+                                                                             args.ceiling_seconds)
+    del pipelines
 
     everything = {name: CONCURRENCY for name in args.only}
     variants = [Variant("batching on", REPO_ROOT, {}, everything)]
@@ -619,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine, "models": str(args.models), "ceiling_threads": args.threads,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
-        "ceiling": ceiling, "service": service, "comparisons": comparisons,
+        "ceiling": ceiling, "quantization": quantization, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),
     }
     args.out.mkdir(parents=True, exist_ok=True)
