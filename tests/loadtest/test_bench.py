@@ -1,0 +1,95 @@
+"""loadtest.bench: targets and the markdown report from made-up figures; wrk's result line."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# loadtest/ is not an installed package: import it from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from loadtest.bench import CEILING_BATCHES, items_per_second, targets, write_markdown  # noqa: E402
+
+
+def point(endpoint: str, concurrency: int, rps: float, p50: float, p99: float, units: float = 1.0) -> dict:
+    return {"endpoint": endpoint, "concurrency": concurrency, "seconds": 8.0, "requests": int(rps * 8),
+            "errors": 0, "requests_per_s": rps, "units_per_s": rps * units, "p50_ms": p50,
+            "p95_ms": p99, "p99_ms": p99, "wrk_cpu_percent": 3.0, "server_cpu_percent": 100.0,
+            "mean_batch": float(concurrency), "ttft_ms": {}}
+
+
+CEILING = {name: {str(b): 100.0 * b for b in CEILING_BATCHES}
+           for name in ("sentiment", "translate", "generate")}
+SERVICE = {"settings": {}, "cold_start_s": 6.0, "rss_mb_idle": 900.0, "rss_mb_after_load": 1000.0,
+           "points": [point("sentiment", 1, 400, 2.5, 5), point("sentiment", 64, 2600, 40, 60),
+                      point("translate", 16, 1000, 10, 20),
+                      {**point("generate", 16, 10, 800, 900, units=200),
+                       "ttft_ms": {"p50": 30.0, "p95": 40.0, "count": 10}}]}
+OFF = {**SERVICE, "points": [point("sentiment", 64, 500, 100, 200)]}
+
+
+def test_targets_compare_with_the_ceiling_and_batching_off():
+    rows = {row["target"]: row for row in targets(CEILING, SERVICE, OFF)}
+    ratio = rows["/sentiment requests/s at c=64 / ceiling batch 32 (1 thread)"]
+    assert ratio["measured"] == pytest.approx(2600 / 3200) and ratio["met"]
+    assert not rows["/sentiment p99 at c=64"]["met"]  # 60 ms > 50
+    assert rows["/sentiment p50 at c=1"]["met"]
+    assert rows["/sentiment batching on / off at c=64"]["measured"] == pytest.approx(5.2)
+    translate = rows["/translate sentences/s at c=16 / ceiling greedy batch 16"]
+    assert translate["measured"] == pytest.approx(1000 / 1600)
+    assert rows["/generate tokens/s at c=16 / ceiling batch 16"]["measured"] == pytest.approx(2000 / 1600)
+    assert not rows["time to first token p50 (/generate_stream probe beside /generate at c=16)"]["met"]
+    assert rows["resident memory, all server processes"]["met"] and rows["start to ready"]["met"]
+
+
+def test_markdown_has_every_section(tmp_path):
+    report = {"command": "python -m loadtest.bench", "finished": "now", "ceiling_threads": 1,
+              "machine": {"cpus": 2, "torch": "2", "bentoml": "1", "load_average_at_start": [0.1, 0.1, 0.1],
+                          "training_processes_running": ["python -m training.train_x"]},
+              "ceiling": CEILING, "quantization": None, "targets": targets(CEILING, SERVICE, OFF),
+              "service": {"batching on": SERVICE, "batching off": OFF},
+              "comparisons": {"commit abc": {**SERVICE, "points": [point("sentiment", 64, 1300, 80, 120)]}}}
+    write_markdown(report, tmp_path / "bench.md")
+    text = (tmp_path / "bench.md").read_text()
+    for heading in ("## Targets", "## Ceiling", "## Service: batching on", "## Service: batching off",
+                    "## Before / after", "## What each step bought", "**Contention:**"):
+        assert heading in text
+    assert "| commit abc | working tree | - | - | 2.00 |" in text
+
+
+def test_items_per_second_counts_what_the_runs_return():
+    assert items_per_second(lambda batch: len(batch), list(range(100)), 10, 0.01) > 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_wrk_script_reports_its_result_line(tmp_path):
+    import http.server
+    import threading
+
+    from loadtest.bench import run_wrk
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.send_header("Connection", "keep-alive")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    Handler.protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_text('{"a": 1}\n{"b": 2}\n')
+    try:
+        result, cpu_seconds = run_wrk(f"http://127.0.0.1:{server.server_port}", "/x", bodies, 2, 1)
+    finally:
+        server.shutdown()
+    assert result["requests"] > 0 and result["status_errors"] == 0 and cpu_seconds >= 0
+    assert result["p50_us"] <= result["p99_us"]
