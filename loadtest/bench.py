@@ -516,18 +516,30 @@ def targets(ceiling: dict, service: dict, off: dict | None) -> list[dict]:
     return rows
 
 
+def busy_processes(seconds: float = 1.0, threshold: float = 20.0) -> list[str]:
+    """Command lines of other processes using over `threshold`% of a core: they share the CPU."""
+    processes = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid != os.getpid()]
+    for process in processes:
+        with suppress(psutil.Error):
+            process.cpu_percent(None)
+    time.sleep(seconds)
+    busy = []
+    for process in processes:
+        with suppress(psutil.Error):
+            percent = process.cpu_percent(None)
+            if percent > threshold:
+                busy.append(f"{' '.join(process.info['cmdline'] or [])[:160]} ({percent:.0f}% of a core)")
+    return busy
+
+
 def machine_conditions() -> dict[str, Any]:
-    others = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "training.train_" in cmdline:
-            others.append(cmdline)
+    others = busy_processes()
     import bentoml
 
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "bentoml": bentoml.__version__, "load_average_at_start": os.getloadavg(),
-            "training_processes_running": others}
+            "busy_processes_at_start": others}
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -536,10 +548,13 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, bentoml "
              f"{report['machine']['bentoml']}; load average at start "
              f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}.", ""]
-    if report["machine"]["training_processes_running"]:
-        lines += ["**Contention:** training processes were running on the same cores during this run: "
-                  + "; ".join(f"`{c}`" for c in report["machine"]["training_processes_running"])
-                  + ". Every figure below shares the CPU with them.", ""]
+    if report["machine"]["busy_processes_at_start"]:
+        lines += ["**Contention:** other processes were busy on the same cores when this run started: "
+                  + "; ".join(f"`{c}`" for c in report["machine"]["busy_processes_at_start"])
+                  + ". The figures below share the CPU with them.", ""]
+    if report["machine"].get("busy_processes_at_end"):
+        at_end = report["machine"]["busy_processes_at_end"]
+        lines += ["At the end of the run: " + "; ".join(f"`{c}`" for c in at_end) + ".", ""]
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for row in report["targets"]:
         lines.append(f"| {row['target']} | {row['measured']:.3g} {row['unit']} | {row['direction']} "
@@ -700,7 +715,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine, "models": str(args.models), "ceiling_threads": args.threads,
+        "machine": {**machine, "busy_processes_at_end": busy_processes()},
+        "models": str(args.models), "ceiling_threads": args.threads,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
         "ceiling": ceiling, "quantization": quantization, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),

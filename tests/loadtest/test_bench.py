@@ -47,7 +47,7 @@ def test_targets_compare_with_the_ceiling_and_batching_off():
 def test_markdown_has_every_section(tmp_path):
     report = {"command": "python -m loadtest.bench", "finished": "now", "ceiling_threads": 1,
               "machine": {"cpus": 2, "torch": "2", "bentoml": "1", "load_average_at_start": [0.1, 0.1, 0.1],
-                          "training_processes_running": ["python -m training.train_x"]},
+                          "busy_processes_at_start": ["python -m training.train_x"]},
               "ceiling": CEILING, "quantization": None, "targets": targets(CEILING, SERVICE, OFF),
               "service": {"batching on": SERVICE, "batching off": OFF},
               "comparisons": {"commit abc": {**SERVICE, "points": [point("sentiment", 64, 1300, 80, 120)]}}}
