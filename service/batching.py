@@ -83,25 +83,20 @@ def select_batch(queue: Sequence[Item], max_items: int, max_tokens: int) -> list
     return sorted(batch, key=lambda item: item.length)
 
 
-class Batcher(Generic[V, R]):
-    """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
+class ModelLoop:
+    """One asyncio task that feeds one model. The model runs in a thread of its own, so the event
+    loop keeps serving HTTP while it computes. Subclasses write `_loop`."""
 
-    def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
-                 max_batch_tokens: int, max_wait_s: float, max_queue: int):
+    def __init__(self, model: str, kind: str):
         self.model = model
-        self._run_batch = run_batch
-        self._max_batch_size = max_batch_size
-        self._max_batch_tokens = max_batch_tokens
-        self._max_wait_s = max_wait_s
-        self._max_queue = max_queue
-        self._queue: list[Item[V]] = []
+        self._kind = kind
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
 
     def start(self) -> None:
         """Start the loop on the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self._kind}-{self.model}")
 
     @property
     def running(self) -> bool:
@@ -111,9 +106,29 @@ class Batcher(Generic[V, R]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Batcher(ModelLoop, Generic[V, R]):
+    """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
+
+    def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
+                 max_batch_tokens: int, max_wait_s: float, max_queue: int):
+        super().__init__(model, "batcher")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._max_wait_s = max_wait_s
+        self._max_queue = max_queue
+        self._queue: list[Item[V]] = []
+
+    async def close(self) -> None:
+        await super().close()
         for item in self._queue:
             item.future.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, values: Sequence[V], lengths: Sequence[int],
                      widths: Sequence[int] | None = None) -> list[R]:

@@ -22,7 +22,6 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +30,7 @@ from torch import Tensor
 from models.generator import CharGenerator, sample_next
 from models.rnn import State, cat_states, select_state
 from service import metrics
-from service.batching import Overloaded
+from service.batching import ModelLoop, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +67,13 @@ class _Steps:
     seconds: list[float]  # model time of each step
 
 
-class GenerationLoop:
+class GenerationLoop(ModelLoop):
     def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int):
-        self.model = model
+        super().__init__(model, "generation")
         self.pipeline = pipeline
         self._max_active = max_active
         self._max_queue = max_queue
         self._pending: deque[Generation] = deque()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{model}")
         # The running batch. Only _step touches it, in the executor thread; the event loop
         # awaits each step before starting the next, so the two never overlap.
         self._active: list[Generation] = []
@@ -85,19 +81,6 @@ class GenerationLoop:
         self._logits = torch.empty(0)  # (B, V) logits of every row's next character
         self._temperature = torch.empty(0)  # (B,)
         self._top_k = torch.empty(0, dtype=torch.long)  # (B,)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"generation-{self.model}")
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
