@@ -201,6 +201,17 @@ def load_best(directory: Path, module: nn.Module) -> None:
     module.load_state_dict(torch.load(directory / "best.pt", map_location="cpu", weights_only=True))
 
 
+def end_training(world: int, rank: int, directory: Path, module: nn.Module) -> bool:
+    """Leave the process group; on rank 0 load the best weights onto the CPU for the artifact.
+    True on the rank that writes the artifact."""
+    shutdown_distributed(world)
+    if rank != 0:
+        return False
+    load_best(directory, module)
+    module.cpu().eval()
+    return True
+
+
 # ---- the finished artifact ----
 
 def git_commit() -> str:

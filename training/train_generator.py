@@ -111,12 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
             log.info("time budget of %.0f minutes reached", run.max_minutes)
             break
-    common.shutdown_distributed(world)
-    if rank != 0:
+    if not common.end_training(world, rank, checkpoints, module):
         return {}
-
-    common.load_best(checkpoints, module)
-    module.cpu().eval()
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
         # Tiny Shakespeare has no test split: the nanoGPT validation split is the report split.

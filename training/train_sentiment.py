@@ -97,12 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 dev, True, timer.elapsed(), checkpoints, module, optimizer, rank)
         log.info("epoch %d: train loss %.4f, dev accuracy %.2f%%%s (%.0f s)", progress.epoch,
                  total / len(batches), dev, " (best)" if best else "", timer.elapsed())
-    common.shutdown_distributed(world)
-    if rank != 0:
+    if not common.end_training(world, rank, checkpoints, module):
         return {}
-
-    common.load_best(checkpoints, module)
-    module.cpu().eval()
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
         shipped = SentimentClassifier.load(folder)

@@ -138,12 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                 group["lr"] /= 2
         log.info("epoch %d: train loss %.4f, val BLEU %.2f%s (%.0f s)", progress.epoch,
                  total / len(batches), bleu, " (best)" if best else "", timer.elapsed())
-    common.shutdown_distributed(world)
-    if rank != 0:
+    if not common.end_training(world, rank, checkpoints, module):
         return {}
-
-    common.load_best(checkpoints, module)
-    module.cpu().eval()
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
         shipped = Translator.load(folder)
