@@ -47,7 +47,8 @@ def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str
     for f in fields:
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
-        text = f"{f.metadata['help']} (default {f.default!r}, or the profile's)"
+        # argparse %-formats help text: a literal "%" in a field's help must not reach it raw.
+        text = f"{f.metadata['help']} (default {f.default!r}, or the profile's)".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -93,6 +93,15 @@ def test_bad_flags_exit_with_a_clear_error(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("script", [train_sentiment, train_generator, train_translator])
+def test_help_lists_every_flag(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--profile" in out and "--seed" in out and "--resume" in out
+
+
 def test_cuda_device_is_refused_without_a_gpu():
     import torch
 
