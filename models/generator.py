@@ -46,7 +46,7 @@ class CharLM(nn.Module):
     def init_state(self, batch_size: int) -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         parts = 2 if self.config.cell == "lstm" else 1
-        weight = self.head.weight
+        weight = self.embedding.weight  # the one float weight an int8 copy keeps (models.quantize)
         return tuple(weight.new_zeros(shape) for _ in range(parts))
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:

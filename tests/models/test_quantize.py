@@ -1,0 +1,70 @@
+"""models.quantize: int8 copies answer like the float models, and leave them untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_generator, make_tiny_sentiment, make_tiny_translator
+from torch import nn
+
+from models.generator import CharGenerator
+from models.quantize import dynamic_int8, with_precision
+from models.sentiment import SentimentClassifier
+from models.translator import Translator
+
+REVIEWS = ["good film", "the plot was not very funny but the actor is great", "a dull boring film"]
+
+
+def quantized_layers(module: nn.Module) -> set[str]:
+    return {type(m).__module__ for m in module.modules() if "quantized" in type(m).__module__}
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_int8_sentiment_is_close_to_float_and_the_float_model_is_untouched(cell):
+    classifier = make_tiny_sentiment(cell=cell)
+    before = {k: v.clone() for k, v in classifier.module.state_dict().items()}
+    int8 = SentimentClassifier(dynamic_int8(classifier.module), classifier.vocab)
+    assert quantized_layers(int8.module) and not quantized_layers(classifier.module)
+    for key, value in classifier.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    torch.testing.assert_close(int8.predict_proba(REVIEWS), classifier.predict_proba(REVIEWS),
+                               atol=0.02, rtol=0)
+
+
+def test_int8_generator_steps_from_its_own_zero_state():
+    generator = make_tiny_generator(cell="lstm")
+    int8 = CharGenerator(dynamic_int8(generator.module), generator.vocab)
+    state = int8.module.init_state(3)
+    assert all(part.dtype == torch.float32 and not bool(part.any()) for part in state)
+    logits, _ = int8.module(torch.tensor([int8.encode("To be")]))
+    reference, _ = generator.module(torch.tensor([generator.encode("To be")]))
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0)
+    assert len(int8.generate("To be", max_tokens=20, seed=3)) == 20
+
+
+def test_int8_translator_decodes_with_attention_rows_summing_to_one():
+    translator = make_tiny_translator(cell="gru")
+    int8 = Translator(dynamic_int8(translator.module), translator.source_spm, translator.target_spm)
+    translations = int8.translate(["der film", "ein gutes buch ist nicht lang"], beam_size=2,
+                                  max_length=12)
+    assert len(translations) == 2
+    for translation in translations:
+        assert isinstance(translation.translation, str)
+        assert len(translation.target_tokens) <= 12
+        for row in translation.attention:
+            assert sum(row) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_elman_rnn_stays_float():
+    classifier = make_tiny_sentiment(cell="rnn")
+    int8 = dynamic_int8(classifier.module)
+    assert type(int8.rnn) is nn.RNN
+    assert "quantized" in type(int8.classifier).__module__
+
+
+def test_with_precision():
+    module = make_tiny_sentiment().module
+    assert with_precision(module, "float32") is module
+    assert quantized_layers(with_precision(module, "int8"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        with_precision(module, "int4")
