@@ -31,6 +31,7 @@ from models import sentiment as sentiment_task
 from models import translator as translator_task
 from models.artifact import METRICS_FILE, parameter_count, read_json
 from models.generator import CharGenerator
+from models.quantize import with_precision
 from models.sentiment import LABELS, SentimentClassifier
 from models.translator import Translation, Translator
 from service import metrics
@@ -108,7 +109,11 @@ class RNNServe:
               for source, ref in (("de", self.translator_de_ref), ("ko", self.translator_ko_ref))),
         ]
         for card in self.model_cards:
+            card["precision"] = settings.precision
             metrics.model_info.labels(card["name"], card["tag"], card["task"], card["cell"]).set(1)
+        # after the cards: they count the float parameters the artifacts hold
+        for pipeline in (self.classifier, self.generator, *self.translators.values()):
+            pipeline.module = with_precision(pipeline.module, settings.precision)
         self._warm_up()
 
         batching = {"max_batch_size": settings.max_batch_size,

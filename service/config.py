@@ -13,11 +13,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.quantize import PRECISIONS
+
 ENV_PREFIX = "RNNSERVE_"
 
 
-def setting(default: Any, help: str, minimum: float | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum})
+def setting(default: Any, help: str, minimum: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "minimum": minimum, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Settings:
                                         "wait to join", 1)
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "
                              "429", 1)
+    # compute
+    precision: str = setting("float32", "float32, or int8: dynamic int8 LSTM/GRU/Linear weights "
+                             "(models.quantize), quantized at load; the README gives its speed and "
+                             "quality", choices=PRECISIONS)
     # processes
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
     workers: int = setting(1, "worker processes, each with its own copy of the models", 1)
@@ -67,6 +75,9 @@ class Settings:
                 value = kind(raw)
             except ValueError:
                 raise ValueError(f"{name}={raw!r}: expected {kind.__name__}") from None
+            choices = field.metadata["choices"]
+            if choices is not None and value not in choices:
+                raise ValueError(f"{name}={raw!r}: must be one of {', '.join(choices)}")
             minimum = field.metadata["minimum"]
             if minimum is not None and value < minimum:
                 raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
