@@ -15,13 +15,14 @@ batching on vs off, resident memory and cold start, in one run on one machine.
    their first chunk (time to first token).
 3. The ratio service / ceiling, and the same service with batching off (RNNSERVE_MAX_BATCH_SIZE=1,
    RNNSERVE_MAX_ACTIVE_SEQUENCES=1).
+4. Dynamic int8 (models.quantize): validation quality and ceiling of the int8 copies, and the
+   service with RNNSERVE_PRECISION=int8 measured like the default one, against the int8 ceiling.
 Also: the resident memory of every server process together, and the time from start to /readyz.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import http.client
 import json
@@ -45,10 +46,10 @@ from typing import Any
 import psutil
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from torch import nn
 
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from models.generator import CharGenerator, sample_next
+from models.quantize import dynamic_int8
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
@@ -63,6 +64,7 @@ CEILING_BATCHES = (1, 8, 16, 32, 64)
 CONCURRENCY = (1, 16, 64)
 GENERATE_TOKENS = 200
 BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
+INT8 = "int8"  # the service variant with RNNSERVE_PRECISION=int8
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
 
@@ -137,20 +139,12 @@ class Pipelines:
                    CharGenerator.load(models_dir / "char-generator"))
 
     def quantized(self) -> Pipelines:
-        """Dynamic int8 copies: RNN and Linear weights in int8, activations quantized on the fly.
-
-        The generator keeps its small output Linear in float32: CharLM.init_state reads its weight.
-        """
-        rnns = {nn.LSTM, nn.GRU, nn.RNN}
-
-        def int8(module: nn.Module, layers: set[type[nn.Module]]) -> nn.Module:
-            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), layers, dtype=torch.qint8)
-
+        """Dynamic int8 copies (models.quantize): RNN and Linear weights in int8."""
         return Pipelines(
-            SentimentClassifier(int8(self.classifier.module, rnns | {nn.Linear}), self.classifier.vocab),
-            Translator(int8(self.translator.module, rnns | {nn.Linear}), self.translator.source_spm,
+            SentimentClassifier(dynamic_int8(self.classifier.module), self.classifier.vocab),
+            Translator(dynamic_int8(self.translator.module), self.translator.source_spm,
                        self.translator.target_spm),
-            CharGenerator(int8(self.generator.module, rnns), self.generator.vocab))
+            CharGenerator(dynamic_int8(self.generator.module), self.generator.vocab))
 
     def runs(self, texts: ValidationTexts) -> dict[str, tuple[Callable[[list], int], list]]:
         """Per endpoint: run(batch) -> units made, and the inputs to batch."""
@@ -180,7 +174,6 @@ def measure_ceiling(pipelines: Pipelines, texts: ValidationTexts, min_seconds: f
     return ceiling
 
 
-QUANTIZED_BATCHES = (1, 16, 32)
 BLEU_SENTENCES = 300  # of Multi30k val: enough to see a change, quick to decode
 LOSS_WINDOWS = 64  # of Tiny Shakespeare val, 256 characters each
 
@@ -202,7 +195,7 @@ def measure_quantization(pipelines: Pipelines, texts: ValidationTexts, min_secon
     """float32 vs dynamic int8: validation quality, and the ceiling at a few batch sizes."""
     quantized = pipelines.quantized()
     result = {"quality": {"float32": validation_quality(pipelines), "int8": validation_quality(quantized)},
-              "ceiling_int8": measure_ceiling(quantized, texts, min_seconds, QUANTIZED_BATCHES)}
+              "ceiling_int8": measure_ceiling(quantized, texts, min_seconds)}
     log.info("quantization: %s", result["quality"])
     return result
 
@@ -542,6 +535,14 @@ def machine_conditions() -> dict[str, Any]:
             "busy_processes_at_start": others}
 
 
+def target_table(rows: list[dict]) -> list[str]:
+    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['target']} | {row['measured']:.3g} {row['unit']} | {row['direction']} "
+                     f"{row['goal']:g} {row['unit']} | {'yes' if row['met'] else '**no**'} |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Serving benchmark", "",
              f"Written by `{report['command']}` at {report['finished']}. Machine: "
@@ -555,10 +556,12 @@ def write_markdown(report: dict, path: Path) -> None:
     if report["machine"].get("busy_processes_at_end"):
         at_end = report["machine"]["busy_processes_at_end"]
         lines += ["At the end of the run: " + "; ".join(f"`{c}`" for c in at_end) + ".", ""]
-    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
-    for row in report["targets"]:
-        lines.append(f"| {row['target']} | {row['measured']:.3g} {row['unit']} | {row['direction']} "
-                     f"{row['goal']:g} {row['unit']} | {'yes' if row['met'] else '**no**'} |")
+    lines += ["## Targets", "", "Default settings (float32), against the float32 ceiling.", "",
+              *target_table(report["targets"])]
+    if report.get("targets_int8"):
+        lines += ["", f"With `RNNSERVE_PRECISION=int8` (\"{INT8}\" below), against the int8 ceiling "
+                  "of the same int8 models; batching on/off compares float32 servers only.", "",
+                  *target_table(report["targets_int8"])]
     threads = report["ceiling_threads"]
     lines += ["", f"## Ceiling: in-process, no HTTP, {threads} torch thread{'s' if threads > 1 else ''}", "",
               "| endpoint | unit | " + " | ".join(f"batch {b}" for b in CEILING_BATCHES) + " |",
@@ -568,9 +571,9 @@ def write_markdown(report: dict, path: Path) -> None:
                      + " | ".join(f"{by_batch[str(b)]:.0f}" for b in CEILING_BATCHES) + " |")
     if report["quantization"]:
         quantization = report["quantization"]
-        lines += ["", "## Dynamic int8 quantization (measured, not served)", "",
-                  "`torch.ao.quantization.quantize_dynamic` of every RNN and Linear layer (the "
-                  "generator's output layer stays float32); same thread count. Quality on validation "
+        lines += ["", "## Dynamic int8 quantization (`RNNSERVE_PRECISION=int8`)", "",
+                  "`models.quantize.dynamic_int8`: every LSTM, GRU and Linear layer with int8 weights, "
+                  "activations quantized per batch; same thread count. Quality on validation "
                   "splits (SST-2 dev accuracy %, Tiny Shakespeare val bits per character over "
                   f"{LOSS_WINDOWS} windows, greedy BLEU on the first {BLEU_SENTENCES} Multi30k val "
                   "sentences).", "",
@@ -583,15 +586,16 @@ def write_markdown(report: dict, path: Path) -> None:
                 lines.append(f"| {name} ceiling at batch {batch}, {ENDPOINTS[name].unit}/s | {base:.0f} | "
                              f"{value:.0f} ({value / base:.2f}x) |")
     for variant, result in report["service"].items():
+        ceilings = (report["quantization"]["ceiling_int8"] if variant == INT8 else report["ceiling"])
         lines += ["", f"## Service: {variant}", "",
                   f"Settings: {result['settings'] or 'defaults'}. Start to ready "
                   f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle, "
                   f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
                   "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-                  "| / ceiling at batch c | server CPU | wrk CPU |",
+                  f"| / {'int8 ' if variant == INT8 else ''}ceiling at batch c | server CPU | wrk CPU |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in result["points"]:
-            ceiling = report["ceiling"][p["endpoint"]].get(str(p["concurrency"]))
+            ceiling = ceilings[p["endpoint"]].get(str(p["concurrency"]))
             ratio = f"{p['units_per_s'] / ceiling:.2f}" if ceiling else "-"
             batch = f"{p['mean_batch']:.1f}" if p["mean_batch"] is not None else "-"
             lines.append(f"| {p['endpoint']} | {p['concurrency']} | {p['requests_per_s']:.1f} | "
@@ -663,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
                              "and measure /sentiment at c = 1, 16, 64")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
     parser.add_argument("--skip-quantization", action="store_true",
-                        help="skip float32 vs dynamic int8 (validation quality and ceiling)")
+                        help="skip dynamic int8: its validation quality, ceiling and server")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
                         help="measure only these endpoints (development; the report needs all)")
     args = parser.parse_args(argv)
@@ -692,6 +696,8 @@ def main(argv: list[str] | None = None) -> None:
         # one sequence at a time: 16 queued 200-character requests take many seconds each
         variants.append(Variant("batching off", REPO_ROOT, BATCHING_OFF,
                                 {name: off[name] for name in args.only}, longer={"generate": 20}))
+    if quantization:
+        variants.append(Variant(INT8, REPO_ROOT, {"RNNSERVE_PRECISION": "int8"}, everything))
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         workdir = Path(tmp)
         bentoml_home = workdir / "bentoml_home"
@@ -720,6 +726,8 @@ def main(argv: list[str] | None = None) -> None:
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
         "ceiling": ceiling, "quantization": quantization, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),
+        "targets_int8": (targets(quantization["ceiling_int8"], service[INT8], None)
+                         if quantization else None),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
