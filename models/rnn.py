@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 CELLS = ("rnn", "gru", "lstm")
 
@@ -28,6 +29,23 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
     cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
     return cls(input_size, hidden_size, num_layers=num_layers, batch_first=True,
                bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+
+
+def run_padded(rnn: nn.RNNBase, inputs: Tensor, lengths: Tensor
+               ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """A batch_first `rnn` over padded `inputs` (B, S, E) whose rows have `lengths` (B,).
+
+    -> outputs (B, S, D*H) with zeros on padding, and the final hidden state of each row's last
+    real step. Rows of unequal length go through a packed sequence, so padding never enters the
+    recurrence; a batch with no padding (a lone text, say) skips packing, which gives the same
+    numbers without the packing's copies.
+    """
+    if int(lengths.min()) == inputs.shape[1]:
+        return rnn(inputs)
+    packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, hidden = rnn(packed)
+    outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=inputs.shape[1])
+    return outputs, hidden
 
 
 def elman_recurrence(x: Tensor, w_xh: Tensor, w_hh: Tensor, b: Tensor | None = None,

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.artifact import check_vocab_size, load_weights, read_config, save_module
-from models.rnn import make_rnn
+from models.rnn import make_rnn, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
 
@@ -51,10 +50,7 @@ class SentimentRNN(nn.Module):
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """tokens (B, S) padded with PAD_ID, lengths (B,) >= 1 -> logits (B, C)."""
         embedded = self.dropout(self.embedding(tokens))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, _ = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True,
-                                         total_length=tokens.shape[1])  # (B, S, D*H)
+        outputs, _ = run_padded(self.rnn, embedded, lengths)  # (B, S, D*H)
         mask = (torch.arange(tokens.shape[1], device=tokens.device)[None, :]
                 < lengths.to(tokens.device)[:, None]).unsqueeze(-1)  # (B, S, 1)
         max_pooled = outputs.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, D*H)

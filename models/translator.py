@@ -16,10 +16,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.artifact import ArtifactError, check_vocab_size, load_weights, read_config, save_module
-from models.rnn import State, from_state, make_rnn, to_state
+from models.rnn import State, from_state, make_rnn, run_padded, to_state
 from models.text import normalize_translation
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -115,10 +114,7 @@ class Seq2Seq(nn.Module):
     def encode(self, source: Tensor, lengths: Tensor) -> tuple[Encoded, State]:
         """source (B, S), lengths (B,) -> encoder outputs and the decoder's initial state."""
         embedded = self.dropout(self.source_embedding(source))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, hidden = self.encoder(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True,
-                                         total_length=source.shape[1])  # (B, S, 2H)
+        outputs, hidden = run_padded(self.encoder, embedded, lengths)  # (B, S, 2H)
         layers, batch = self.config.num_layers, source.shape[0]
 
         def bridge(part: Tensor) -> Tensor:  # (L*2, B, H) -> (L, B, 2H)

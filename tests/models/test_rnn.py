@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.rnn import CELLS, cat_states, elman_recurrence, from_state, make_rnn, select_state, to_state
+from models.rnn import (
+    CELLS,
+    cat_states,
+    elman_recurrence,
+    from_state,
+    make_rnn,
+    run_padded,
+    select_state,
+    to_state,
+)
 
 
 def test_elman_memory_is_a_decaying_sum_of_past_inputs():
@@ -82,3 +91,19 @@ def test_select_and_cat_states_round_trip(cell):
     restored = from_state(state, cell)
     assert isinstance(restored, tuple) == (cell == "lstm")
     rnn(x, restored)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_run_padded_gives_each_row_what_it_gets_alone(cell):
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 4, 5, num_layers=2, bidirectional=True).eval()
+    inputs = torch.randn(3, 6, 4)
+    lengths = torch.tensor([6, 2, 4])
+    with torch.inference_mode():
+        outputs, hidden = run_padded(rnn, inputs, lengths)  # packed: the lengths differ
+        for row, length in enumerate(lengths.tolist()):
+            alone, alone_hidden = run_padded(rnn, inputs[row:row + 1, :length], lengths[row:row + 1])
+            torch.testing.assert_close(outputs[row, :length], alone[0])
+            assert not bool(outputs[row, length:].any())  # padding gives zeros
+            for part, alone_part in zip(to_state(hidden), to_state(alone_hidden), strict=True):
+                torch.testing.assert_close(part[:, row], alone_part[:, 0])
