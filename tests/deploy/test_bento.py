@@ -74,6 +74,21 @@ def test_requirements_are_cpu_only_torch_and_pinned(built):
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in (python / "install.sh").read_text()
 
 
+def test_the_image_pins_the_same_versions_as_the_project():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = dict(line.split("==") for line in project)
+    image = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
+    for line in image:
+        name, version = line.split("==")
+        assert pins[name] == version.removesuffix("+cpu"), line
+    # what the running service imports, or uvicorn picks up (uvloop, httptools)
+    for needed in ("torch", "pydantic", "prometheus-client", "sentencepiece", "safetensors", "uvloop",
+                   "httptools"):
+        assert any(line.startswith(f"{needed}==") for line in image), needed
+
+
 def test_dockerfile_runs_as_non_root_with_a_healthcheck(built):
     dockerfile = (built["path"] / "env" / "docker" / "Dockerfile").read_text()
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
