@@ -556,7 +556,11 @@ def write_markdown(report: dict, path: Path) -> None:
     if report["machine"].get("busy_processes_at_end"):
         at_end = report["machine"]["busy_processes_at_end"]
         lines += ["At the end of the run: " + "; ".join(f"`{c}`" for c in at_end) + ".", ""]
-    lines += ["## Targets", "", "Default settings (float32), against the float32 ceiling.", "",
+    base = report.get("base_settings") or {}
+    if base:
+        lines += ["Every server below runs with " + ", ".join(f"`{k}={v}`" for k, v in base.items())
+                  + " besides its own settings.", ""]
+    lines += ["## Targets", "", "Float32 (\"batching on\"), against the float32 ceiling.", "",
               *target_table(report["targets"])]
     if report.get("targets_int8"):
         lines += ["", f"With `RNNSERVE_PRECISION=int8` (\"{INT8}\" below), against the int8 ceiling "
@@ -647,6 +651,11 @@ def write_markdown(report: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def parse_settings(text: str) -> dict[str, str]:
+    """"A=1,B=2" -> {"A": "1", "B": "2"}; "" -> {}."""
+    return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -665,6 +674,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", nargs="*", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
                         help="also serve the working tree with these settings (e.g. RNNSERVE_WORKERS=2) "
                              "and measure /sentiment at c = 1, 16, 64")
+    parser.add_argument("--base-settings", default="", metavar="VAR=VALUE[,VAR=VALUE]",
+                        help="settings of every server measured, under each variant's own (e.g. "
+                             "RNNSERVE_WORKERS=2 on a 2-core machine)")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
     parser.add_argument("--skip-quantization", action="store_true",
                         help="skip dynamic int8: its validation quality, ceiling and server")
@@ -688,16 +700,17 @@ def main(argv: list[str] | None = None) -> None:
                                                                              args.ceiling_seconds)
     del pipelines
 
+    base = parse_settings(args.base_settings)
     everything = {name: CONCURRENCY for name in args.only}
-    variants = [Variant("batching on", REPO_ROOT, {}, everything)]
+    variants = [Variant("batching on", REPO_ROOT, base, everything)]
     if not args.skip_off:
         # generation with one sequence at a time at c=64 would take minutes per point
         off = {"sentiment": CONCURRENCY, "translate": CONCURRENCY, "generate": (1, 16)}
         # one sequence at a time: 16 queued 200-character requests take many seconds each
-        variants.append(Variant("batching off", REPO_ROOT, BATCHING_OFF,
+        variants.append(Variant("batching off", REPO_ROOT, {**base, **BATCHING_OFF},
                                 {name: off[name] for name in args.only}, longer={"generate": 20}))
     if quantization:
-        variants.append(Variant(INT8, REPO_ROOT, {"RNNSERVE_PRECISION": "int8"}, everything))
+        variants.append(Variant(INT8, REPO_ROOT, {**base, "RNNSERVE_PRECISION": "int8"}, everything))
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         workdir = Path(tmp)
         bentoml_home = workdir / "bentoml_home"
@@ -709,10 +722,10 @@ def main(argv: list[str] | None = None) -> None:
             commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, check=True,
                                     capture_output=True, text=True).stdout.strip()
             tree = export_tree(commit, workdir / f"tree-{commit}")
-            extra.append(Variant(f"commit {commit}", tree, {}, {"sentiment": CONCURRENCY}))
+            extra.append(Variant(f"commit {commit}", tree, base, {"sentiment": CONCURRENCY}))
         for settings in args.settings:
-            values = dict(pair.split("=", 1) for pair in settings.split(","))
-            extra.append(Variant(settings, REPO_ROOT, values, {"sentiment": CONCURRENCY}))
+            extra.append(Variant(settings, REPO_ROOT, {**base, **parse_settings(settings)},
+                                 {"sentiment": CONCURRENCY}))
         comparisons = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
                        for v in extra}
         service = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
@@ -722,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine, "busy_processes_at_end": busy_processes()},
-        "models": str(args.models), "ceiling_threads": args.threads,
+        "models": str(args.models), "ceiling_threads": args.threads, "base_settings": base,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
         "ceiling": ceiling, "quantization": quantization, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),

@@ -104,3 +104,11 @@ def test_wrk_script_reports_its_result_line(tmp_path):
         server.shutdown()
     assert result["requests"] > 0 and result["status_errors"] == 0 and cpu_seconds >= 0
     assert result["p50_us"] <= result["p99_us"]
+
+
+def test_settings_parse_into_variables():
+    from loadtest.bench import parse_settings
+
+    assert parse_settings("") == {}
+    assert parse_settings("RNNSERVE_WORKERS=2,RNNSERVE_PRECISION=int8") == {
+        "RNNSERVE_WORKERS": "2", "RNNSERVE_PRECISION": "int8"}
