@@ -9,7 +9,6 @@ accuracy, BLEU and loss is measured by `python -m loadtest.bench` on the validat
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
@@ -25,8 +24,10 @@ def dynamic_int8(module: nn.Module) -> nn.Module:
         # torch.ao.quantization warns that it moves to torchao; the eager API is what torch ships.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module).eval(), QUANTIZED_LAYERS,
-                                                      dtype=torch.qint8)
+        # inplace=False: quantize_dynamic converts its own deep copy
+        quantized = torch.ao.quantization.quantize_dynamic(module, QUANTIZED_LAYERS, dtype=torch.qint8,
+                                                           inplace=False)
+    return quantized.eval()
 
 
 def with_precision(module: nn.Module, precision: str) -> nn.Module:
