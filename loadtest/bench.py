@@ -556,9 +556,10 @@ def write_markdown(report: dict, path: Path) -> None:
     if report["machine"].get("busy_processes_at_end"):
         at_end = report["machine"]["busy_processes_at_end"]
         lines += ["At the end of the run: " + "; ".join(f"`{c}`" for c in at_end) + ".", ""]
-    base = report.get("base_settings") or {}
-    if base:
-        lines += ["Every server below runs with " + ", ".join(f"`{k}={v}`" for k, v in base.items())
+    base_settings = report.get("base_settings") or {}
+    if base_settings:
+        lines += ["Every server below runs with "
+                  + ", ".join(f"`{k}={v}`" for k, v in base_settings.items())
                   + " besides its own settings.", ""]
     lines += ["## Targets", "", "Float32 (\"batching on\"), against the float32 ceiling.", "",
               *target_table(report["targets"])]
