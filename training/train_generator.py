@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models.generator import CharGenerator, CharLM, CharLMConfig
@@ -47,6 +49,9 @@ class RunConfig(common.CommonRun):
                                     "(0 = no limit)", minimum=0.0)
     lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
     clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
+    ema: float = help_field(0.0, "validate and ship an exponential moving average of the weights "
+                            "with this decay per step (0 = off; 0.998 averages ~500 steps)",
+                            minimum=0.0)
 
 
 PROFILES = {
@@ -69,7 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
                           hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
                           dropout=run.dropout)
     module = CharLM(config).to(device)
-    model = CharGenerator(module, vocab)
+    # Polyak averaging: with --ema the averaged copy is what validation scores and what ships;
+    # checkpoints hold both, so a resumed run goes on averaging where it stopped.
+    averaged = (AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(run.ema)) if run.ema
+                else None)
+    served = averaged.module if averaged else module
+    saved = nn.ModuleDict({"model": module, "ema": averaged}) if averaged else module
+    model = CharGenerator(served, vocab)
     train_ids = torch.tensor(model.encode(splits["train"]))
     log.info("%d training characters, vocab %d, %d parameters", len(train_ids), len(vocab),
              sum(p.numel() for p in module.parameters()))
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, run.steps) / run.steps)))
     checkpoints = run.checkpoints(NAME)
-    progress = common.resume_or_start(run, checkpoints, module, optimizer)
+    progress = common.resume_or_start(run, checkpoints, saved, optimizer)
     schedule.last_epoch = progress.step
     # each rank and each resumed step draws its own windows
     generator = torch.Generator().manual_seed(run.seed * 1000 + rank * 100003 + progress.step)
@@ -99,19 +110,21 @@ def main(argv: list[str] | None = None) -> dict:
             loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
             common.optimizer_step(loss, optimizer, module, run.clip)
             schedule.step()
+            if averaged:
+                averaged.update_parameters(module)
             progress.step += 1
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        module.eval()
+        served.eval()
         val = char_loss(model, splits["val"], **validate)["val_loss"]
         best = common.end_epoch(progress, {"train_loss": total / count, "val_loss": val}, val, False,
-                                timer.elapsed(), checkpoints, module, optimizer, rank)
+                                timer.elapsed(), checkpoints, saved, optimizer, rank)
         log.info("step %d: train loss %.4f, val loss %.4f nats/char%s (%.0f s)", progress.step,
                  total / count, val, " (best)" if best else "", timer.elapsed())
         if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
             log.info("time budget of %.0f minutes reached", run.max_minutes)
             break
-    if not common.end_training(world, rank, checkpoints, module):
+    if not common.end_training(world, rank, checkpoints, saved):
         return {}
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         "character on the nanoGPT validation split (last 10%), windows of 256 characters each "
         "from a zero state; the dataset has no separate test split.",
         save=lambda path: model.save(path, dtype=torch.float16),
-        evaluate=evaluate, module=module, run_config=run, progress=progress, device=device,
+        evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,
         data_sha256=data.sha256_of("tinyshakespeare"), argv=argv, store=run.store)
     log.info("artifact %s: validation %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import fake_data
 import pytest
+import torch
 
 from models.generator import CharGenerator
 from models.sentiment import SentimentClassifier
@@ -59,6 +60,20 @@ def test_generator_smoke_writes_a_complete_artifact(tmp_path):
     check_artifact(folder, {"vocab.json"}, "generator")
     assert len(CharGenerator.load(folder).generate("the ", 10, seed=1)) == 10
     assert metrics["test"]["val_loss"] > 0
+
+
+def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
+    flags = ["--profile", "quick", "--eval-every", "10", "--ema", "0.5", "--no-store",
+             "--checkpoint-dir", str(tmp_path / "ck")]
+    train_generator.main([*flags, "--steps", "10"])
+    metrics = train_generator.main([*flags, "--steps", "20", "--resume"])
+    last = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)["model"]
+    assert int(last["ema.n_averaged"]) == 20  # one update per step, across the resume
+    best = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
+    shipped = CharGenerator.load(Path(metrics["folder"])).module.state_dict()
+    for key, value in shipped.items():
+        assert torch.equal(value, best[f"ema.module.{key}"].half().float()), key
+    assert not all(torch.equal(best[f"ema.module.{k}"], best[f"model.{k}"]) for k in shipped)
 
 
 def test_translator_smoke_writes_a_complete_artifact(tmp_path):
