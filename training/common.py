@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, write_json
 
@@ -183,6 +184,23 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     optimizer.step()
+
+
+def train_epoch(batches: list[list[int]], batch_loss: Callable[[list[int]], torch.Tensor],
+                optimizer: torch.optim.Optimizer, module: nn.Module, clip: float,
+                progress: Progress, rank: int) -> float:
+    """One pass over `batches` (lists of example indices) with a progress bar; `batch_loss(batch)`
+    runs the (DDP-wrapped) model on one. Returns the mean training loss."""
+    module.train()
+    total = 0.0
+    bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
+    for batch in bar:
+        loss = batch_loss(batch)
+        optimizer_step(loss, optimizer, module, clip)
+        total += loss.item()
+        progress.step += 1
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return total / len(batches)
 
 
 def end_epoch(progress: Progress, record: dict[str, float], metric: float, higher_is_better: bool,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from models.rnn import CELLS
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
@@ -78,25 +77,21 @@ def main(argv: list[str] | None = None) -> dict:
     progress = common.resume_or_start(run, checkpoints, module, optimizer)
     epochs = common.epoch_batches([len(s) for s in encoded], run.batch_size, run.seed, rank, world,
                                   progress.epoch)
+
+    def batch_loss(batch: list[int]) -> torch.Tensor:
+        tokens, lengths = SentimentClassifier.collate([encoded[i] for i in batch])
+        return F.cross_entropy(ddp(tokens.to(device), lengths), labels[batch].to(device))
+
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
-        module.train()
-        batches = next(epochs)
-        total = 0.0
-        bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
-        for batch in bar:
-            tokens, lengths = SentimentClassifier.collate([encoded[i] for i in batch])
-            loss = F.cross_entropy(ddp(tokens.to(device), lengths), labels[batch].to(device))
-            common.optimizer_step(loss, optimizer, module, run.clip)
-            total += loss.item()
-            progress.step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
+                                        progress, rank)
         module.eval()
         dev = sentiment_accuracy(model, splits["dev"])["accuracy"]
-        best = common.end_epoch(progress, {"train_loss": total / len(batches), "dev_accuracy": dev},
+        best = common.end_epoch(progress, {"train_loss": train_loss, "dev_accuracy": dev},
                                 dev, True, timer.elapsed(), checkpoints, module, optimizer, rank)
         log.info("epoch %d: train loss %.4f, dev accuracy %.2f%%%s (%.0f s)", progress.epoch,
-                 total / len(batches), dev, " (best)" if best else "", timer.elapsed())
+                 train_loss, dev, " (best)" if best else "", timer.elapsed())
     if not common.end_training(world, rank, checkpoints, module):
         return {}
 

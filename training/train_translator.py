@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from models.rnn import CELLS
 from models.text import normalize_translation
@@ -111,33 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
     progress = common.resume_or_start(run, checkpoints, module, optimizer)
     epochs = common.epoch_batches([len(s) for s in sources], run.batch_size, run.seed, rank, world,
                                   progress.epoch)
+
+    def batch_loss(batch: list[int]) -> torch.Tensor:
+        source, lengths = model.collate([sources[i] for i in batch])
+        # decoder input BOS + y, output y + EOS; padding is ignored by the loss
+        target_in, _ = model.collate([[BOS_ID, *targets[i]] for i in batch])
+        target_out, _ = model.collate([[*targets[i], EOS_ID] for i in batch])
+        logits = ddp(source.to(device), lengths, target_in.to(device))  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), target_out.to(device).flatten(),
+                               ignore_index=PAD_ID, label_smoothing=run.label_smoothing)
+
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
-        module.train()
-        batches = next(epochs)
-        total = 0.0
-        bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
-        for batch in bar:
-            source, lengths = model.collate([sources[i] for i in batch])
-            # decoder input BOS + y, output y + EOS; padding is ignored by the loss
-            target_in, _ = model.collate([[BOS_ID, *targets[i]] for i in batch])
-            target_out, _ = model.collate([[*targets[i], EOS_ID] for i in batch])
-            logits = ddp(source.to(device), lengths, target_in.to(device))  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), target_out.to(device).flatten(),
-                                   ignore_index=PAD_ID, label_smoothing=run.label_smoothing)
-            common.optimizer_step(loss, optimizer, module, run.clip)
-            total += loss.item()
-            progress.step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
+                                        progress, rank)
         module.eval()
         bleu = translation_bleu(model, val)["bleu"]
-        best = common.end_epoch(progress, {"train_loss": total / len(batches), "val_bleu": bleu},
+        best = common.end_epoch(progress, {"train_loss": train_loss, "val_bleu": bleu},
                                 bleu, True, timer.elapsed(), checkpoints, module, optimizer, rank)
         if not best:
             for group in optimizer.param_groups:
                 group["lr"] /= 2
         log.info("epoch %d: train loss %.4f, val BLEU %.2f%s (%.0f s)", progress.epoch,
-                 total / len(batches), bleu, " (best)" if best else "", timer.elapsed())
+                 train_loss, bleu, " (best)" if best else "", timer.elapsed())
     if not common.end_training(world, rank, checkpoints, module):
         return {}
 
