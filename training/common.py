@@ -32,10 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def help_field(default: Any, help: str, choices: tuple | None = None,
-               minimum: float | None = None) -> Any:
-    """A dataclass field whose help text, choices and minimum become the argparse flag's."""
-    return dataclasses.field(default=default,
-                             metadata={"help": help, "choices": choices, "minimum": minimum})
+               minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A dataclass field whose help text, choices and bounds (inclusive) become the argparse
+    flag's."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                        "minimum": minimum, "maximum": maximum})
 
 
 def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str, Any]],
@@ -60,10 +61,12 @@ def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str
     values.update({k: v for k, v in vars(args).items() if k != "profile" and v is not None})
     config = cls(**values)
     for f in fields:
-        minimum = f.metadata["minimum"]
-        if minimum is not None and getattr(config, f.name) < minimum:
-            parser.error(f"--{f.name.replace('_', '-')} must be >= {minimum}, "
-                         f"got {getattr(config, f.name)}")
+        value, flag = getattr(config, f.name), f"--{f.name.replace('_', '-')}"
+        minimum, maximum = f.metadata["minimum"], f.metadata["maximum"]
+        if minimum is not None and value < minimum:
+            parser.error(f"{flag} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            parser.error(f"{flag} must be <= {maximum}, got {value}")
     return config
 
 

@@ -38,7 +38,8 @@ class RunConfig(common.CommonRun):
     embedding_dim: int = help_field(64, "character embedding size", minimum=1)
     hidden_size: int = help_field(384, "hidden units per layer", minimum=1)
     num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
-    dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0)
+    dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0,
+                                maximum=1.0)
     seq_len: int = help_field(128, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
     steps: int = help_field(1400, "maximum optimizer steps", minimum=1)
@@ -51,7 +52,7 @@ class RunConfig(common.CommonRun):
     clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
     ema: float = help_field(0.0, "validate and ship an exponential moving average of the weights "
                             "with this decay per step (0 = off; 0.998 averages ~500 steps)",
-                            minimum=0.0)
+                            minimum=0.0, maximum=0.9999)
 
 
 PROFILES = {

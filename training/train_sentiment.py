@@ -32,7 +32,8 @@ class RunConfig(common.CommonRun):
     embedding_dim: int = help_field(300, "word embedding size", minimum=1)
     hidden_size: int = help_field(256, "hidden units per direction", minimum=1)
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
-    dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0)
+    dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
+                                maximum=1.0)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
     epochs: int = help_field(4, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",

@@ -100,12 +100,20 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--lr", "-1"], "--lr must be >= 0.0"),
     (["--epochs", "two"], "invalid int value"),
+    (["--dropout", "1.5"], "--dropout must be <= 1.0, got 1.5"),
 ])
 def test_bad_flags_exit_with_a_clear_error(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_sentiment.main(flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_average_that_never_moves_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_generator.main(["--ema", "1"])
+    assert exit_info.value.code == 2
+    assert "--ema must be <= 0.9999, got 1.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", [train_sentiment, train_generator, train_translator])
