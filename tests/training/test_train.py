@@ -15,7 +15,7 @@ import torch
 from models.generator import CharGenerator
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
-from training import data, train_generator, train_sentiment, train_translator
+from training import averaged_vs_raw, data, train_generator, train_sentiment, train_translator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -74,6 +74,17 @@ def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
     for key, value in shipped.items():
         assert torch.equal(value, best[f"ema.module.{key}"].half().float()), key
     assert not all(torch.equal(best[f"ema.module.{k}"], best[f"model.{k}"]) for k in shipped)
+    compared = averaged_vs_raw.main([str(tmp_path / "ck" / "best.pt"), "--profile", "quick"])
+    # the averaged weights are what shipped (in fp16), the raw ones score differently
+    assert compared["averaged"]["val_loss"] == pytest.approx(metrics["test"]["val_loss"], abs=2e-3)
+    assert compared["raw"]["val_loss"] != compared["averaged"]["val_loss"]
+
+
+def test_averaged_vs_raw_refuses_a_checkpoint_without_an_average(tmp_path):
+    train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10", "--no-store",
+                          "--checkpoint-dir", str(tmp_path / "ck")])
+    with pytest.raises(SystemExit, match="no averaged weights"):
+        averaged_vs_raw.main([str(tmp_path / "ck" / "last.pt"), "--profile", "quick"])
 
 
 def test_translator_smoke_writes_a_complete_artifact(tmp_path):
