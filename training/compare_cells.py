@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 BUDGETS = {
     "sentiment": (train_sentiment.main, ["--epochs", "2", "--hidden-size", "128"], "accuracy"),
     "generator": (train_generator.main, ["--hidden-size", "256", "--steps", "400",
-                                         "--eval-every", "200"], "val_loss"),
+                                         "--eval-every", "200", "--ema", "0"], "val_loss"),
     "translator": (train_translator.main, ["--pair", "de-en", "--epochs", "1", "--hidden-size", "128",
                                            "--embedding-dim", "128", "--attention-size", "128",
                                            "--source-vocab", "4000", "--target-vocab", "4000",

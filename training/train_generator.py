@@ -42,7 +42,7 @@ class RunConfig(common.CommonRun):
                                 maximum=1.0)
     seq_len: int = help_field(128, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
-    steps: int = help_field(1400, "maximum optimizer steps", minimum=1)
+    steps: int = help_field(2200, "maximum optimizer steps", minimum=1)
     eval_every: int = help_field(200, "steps between validations (an 'epoch' here)", minimum=1)
     eval_windows: int = help_field(0, "validate on the first N windows only (0 = all)", minimum=0)
     patience: int = help_field(3, "stop after this many validations without improvement", minimum=1)
@@ -50,7 +50,7 @@ class RunConfig(common.CommonRun):
                                     "(0 = no limit)", minimum=0.0)
     lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
     clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
-    ema: float = help_field(0.0, "validate and ship an exponential moving average of the weights "
+    ema: float = help_field(0.998, "validate and ship an exponential moving average of the weights "
                             "with this decay per step (0 = off; 0.998 averages ~500 steps)",
                             minimum=0.0, maximum=0.9999)
 
@@ -58,7 +58,7 @@ class RunConfig(common.CommonRun):
 PROFILES = {
     "full": {},
     "quick": {"steps": 60, "eval_every": 30, "hidden_size": 128, "batch_size": 32, "seq_len": 64,
-              "eval_windows": 40, "checkpoint_dir": f"checkpoints/{NAME}-quick"},
+              "eval_windows": 40, "ema": 0.0, "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
 
 
