@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, write_json
@@ -189,17 +190,33 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module:
     optimizer.step()
 
 
+def weight_average(module: nn.Module, decay: float
+                   ) -> tuple[AveragedModel | None, nn.Module, nn.Module]:
+    """Polyak averaging: an exponential moving average of `module`'s weights (`decay` per step,
+    0 = off). Returns (averaged, served, saved): the average to update after every optimizer step
+    (None when off), the module that validation scores and the artifact ships (the average when
+    on), and the one checkpoints hold (both, so a resumed run goes on averaging where it stopped).
+    """
+    if not decay:
+        return None, module, module
+    averaged = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    return averaged, averaged.module, nn.ModuleDict({"model": module, "ema": averaged})
+
+
 def train_epoch(batches: list[list[int]], batch_loss: Callable[[list[int]], torch.Tensor],
                 optimizer: torch.optim.Optimizer, module: nn.Module, clip: float,
-                progress: Progress, rank: int) -> float:
+                progress: Progress, rank: int, averaged: AveragedModel | None = None) -> float:
     """One pass over `batches` (lists of example indices) with a progress bar; `batch_loss(batch)`
-    runs the (DDP-wrapped) model on one. Returns the mean training loss."""
+    runs the (DDP-wrapped) model on one; `averaged` (see weight_average) follows every step.
+    Returns the mean training loss."""
     module.train()
     total = 0.0
     bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
     for batch in bar:
         loss = batch_loss(batch)
         optimizer_step(loss, optimizer, module, clip)
+        if averaged:
+            averaged.update_parameters(module)
         total += loss.item()
         progress.step += 1
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models.generator import CharGenerator, CharLM, CharLMConfig
@@ -75,12 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                           hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
                           dropout=run.dropout)
     module = CharLM(config).to(device)
-    # Polyak averaging: with --ema the averaged copy is what validation scores and what ships;
-    # checkpoints hold both, so a resumed run goes on averaging where it stopped.
-    averaged = (AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(run.ema)) if run.ema
-                else None)
-    served = averaged.module if averaged else module
-    saved = nn.ModuleDict({"model": module, "ema": averaged}) if averaged else module
+    averaged, served, saved = common.weight_average(module, run.ema)
     model = CharGenerator(served, vocab)
     train_ids = torch.tensor(model.encode(splits["train"]))
     log.info("%d training characters, vocab %d, %d parameters", len(train_ids), len(vocab),

@@ -42,12 +42,15 @@ class RunConfig(common.CommonRun):
     lr: float = help_field(2e-3, "Adam learning rate", minimum=0.0)
     weight_decay: float = help_field(0.0, "Adam weight decay", minimum=0.0)
     clip: float = help_field(5.0, "gradient norm clip", minimum=0.0)
+    ema: float = help_field(0.998, "validate and ship an exponential moving average of the "
+                            "weights with this decay per step (0 = off)", minimum=0.0,
+                            maximum=0.9999)
     train_limit: int = help_field(0, "use only the first N training phrases (0 = all)", minimum=0)
 
 
 PROFILES = {
     "full": {},
-    "quick": {"epochs": 1, "train_limit": 3000, "embedding_dim": 64, "hidden_size": 64,
+    "quick": {"epochs": 1, "train_limit": 3000, "embedding_dim": 64, "hidden_size": 64, "ema": 0.0,
               "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
 
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
                              hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
                              dropout=run.dropout)
     module = SentimentRNN(config).to(device)
-    model = SentimentClassifier(module, vocab)
+    averaged, served, saved = common.weight_average(module, run.ema)
+    model = SentimentClassifier(served, vocab)
     encoded = [model.encode(text) for text, _ in train]
     labels = torch.tensor([label for _, label in train])
     log.info("%d training phrases, vocab %d, %d parameters", len(train), len(vocab),
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     ddp = common.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr, weight_decay=run.weight_decay)
     checkpoints = run.checkpoints(NAME)
-    progress = common.resume_or_start(run, checkpoints, module, optimizer)
+    progress = common.resume_or_start(run, checkpoints, saved, optimizer)
     epochs = common.epoch_batches([len(s) for s in encoded], run.batch_size, run.seed, rank, world,
                                   progress.epoch)
 
@@ -86,14 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
         train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
-                                        progress, rank)
-        module.eval()
+                                        progress, rank, averaged)
+        served.eval()
         dev = sentiment_accuracy(model, splits["dev"])["accuracy"]
         best = common.end_epoch(progress, {"train_loss": train_loss, "dev_accuracy": dev},
-                                dev, True, timer.elapsed(), checkpoints, module, optimizer, rank)
+                                dev, True, timer.elapsed(), checkpoints, saved, optimizer, rank)
         log.info("epoch %d: train loss %.4f, dev accuracy %.2f%%%s (%.0f s)", progress.epoch,
                  train_loss, dev, " (best)" if best else "", timer.elapsed())
-    if not common.end_training(world, rank, checkpoints, module):
+    if not common.end_training(world, rank, checkpoints, saved):
         return {}
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Trained on GLUE SST-2 phrases, selected on the SST-2 dev set, tested on stsa.binary.test. "
         "No pretrained embeddings.",
         save=lambda path: model.save(path, dtype=torch.float16),
-        evaluate=evaluate, module=module, run_config=run, progress=progress, device=device,
+        evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,
         data_sha256=data.sha256_of("sst2"), argv=argv, store=run.store)
     log.info("artifact %s: test %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder), "config": asdict(config)}

@@ -80,6 +80,16 @@ def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
     assert compared["raw"]["val_loss"] != compared["averaged"]["val_loss"]
 
 
+def test_sentiment_ema_ships_the_average(tmp_path):
+    metrics = train_sentiment.main(["--profile", "quick", "--ema", "0.9", "--no-store",
+                                    "--checkpoint-dir", str(tmp_path / "ck")])
+    best = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
+    shipped = SentimentClassifier.load(Path(metrics["folder"])).module.state_dict()
+    for key, value in shipped.items():
+        assert torch.equal(value, best[f"ema.module.{key}"].half().float()), key
+    assert not torch.equal(best["ema.module.classifier.weight"], best["model.classifier.weight"])
+
+
 def test_averaged_vs_raw_refuses_a_checkpoint_without_an_average(tmp_path):
     train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10", "--no-store",
                           "--checkpoint-dir", str(tmp_path / "ck")])
