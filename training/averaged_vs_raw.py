@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-from models.generator import CharGenerator, CharLM, CharLMConfig
+from models.generator import CharGenerator, CharLM
 from models.vocab import Vocab
 from training import common, data, train_generator
 from training.evaluate import char_loss
-
-PREFIXES = {"raw": "model.", "averaged": "ema.module."}
 
 
 @torch.inference_mode()
@@ -33,19 +31,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                               "train_generator flags that describe the checkpoint")
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     state = state["model"] if "progress" in state else state  # last.pt wraps it with the optimizer
-    if not any(key.startswith(PREFIXES["averaged"]) for key in state):
-        raise SystemExit(f"{args.checkpoint}: no averaged weights (was it trained with --ema?)")
     splits = data.shakespeare_splits()
     vocab = Vocab.build([splits["train"]])
-    config = CharLMConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
-                          hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
-                          dropout=run.dropout)
+    module = CharLM(train_generator.model_config(run, len(vocab))).eval()
+    # the layout train_generator checkpoints, the raw module and its average side by side (the
+    # decay only matters while training, any nonzero one builds the layout)
+    _, served, saved = common.weight_average(module, run.ema or 0.5)
+    try:
+        saved.load_state_dict(state)
+    except RuntimeError as error:
+        raise SystemExit(f"{args.checkpoint}: no averaged weights of this architecture (trained "
+                         f"with --ema? the same flags?): {str(error)[:300]}") from error
     results = {}
-    for name, prefix in PREFIXES.items():
-        module = CharLM(config).eval()
-        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()
-                                if k.startswith(prefix)})
-        results[name] = char_loss(CharGenerator(module, vocab), splits["val"])
+    for name, weights in (("raw", module), ("averaged", served)):
+        results[name] = char_loss(CharGenerator(weights.eval(), vocab), splits["val"])
         print(json.dumps({"weights": name, **results[name]}), flush=True)
     return results
 

@@ -15,7 +15,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,18 +203,21 @@ def weight_average(module: nn.Module, decay: float
     return averaged, averaged.module, nn.ModuleDict({"model": module, "ema": averaged})
 
 
-def train_epoch(batches: list[list[int]], batch_loss: Callable[[list[int]], torch.Tensor],
+def train_epoch(batches: Sequence[Any], batch_loss: Callable[[Any], torch.Tensor],
                 optimizer: torch.optim.Optimizer, module: nn.Module, clip: float,
-                progress: Progress, rank: int, averaged: AveragedModel | None = None) -> float:
-    """One pass over `batches` (lists of example indices) with a progress bar; `batch_loss(batch)`
-    runs the (DDP-wrapped) model on one; `averaged` (see weight_average) follows every step.
-    Returns the mean training loss."""
+                progress: Progress, rank: int, averaged: AveragedModel | None = None,
+                schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> float:
+    """One optimizer step per item of `batches` (what `batch_loss(batch)` needs to run the
+    DDP-wrapped model on one batch), with a progress bar; `averaged` (see weight_average) and
+    `schedule` follow every step. Returns the mean training loss."""
     module.train()
     total = 0.0
     bar = tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=rank != 0, unit="batch")
     for batch in bar:
         loss = batch_loss(batch)
         optimizer_step(loss, optimizer, module, clip)
+        if schedule:
+            schedule.step()
         if averaged:
             averaged.update_parameters(module)
         total += loss.item()

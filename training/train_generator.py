@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from models.generator import CharGenerator, CharLM, CharLMConfig
 from models.rnn import CELLS
@@ -60,6 +59,12 @@ PROFILES = {
 }
 
 
+def model_config(run: RunConfig, vocab_size: int) -> CharLMConfig:
+    return CharLMConfig(vocab_size=vocab_size, embedding_dim=run.embedding_dim,
+                        hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
+                        dropout=run.dropout)
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
@@ -69,10 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     splits = data.shakespeare_splits()
     vocab = Vocab.build([splits["train"]])
-    config = CharLMConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
-                          hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
-                          dropout=run.dropout)
-    module = CharLM(config).to(device)
+    module = CharLM(model_config(run, len(vocab))).to(device)
     averaged, served, saved = common.weight_average(module, run.ema)
     model = CharGenerator(served, vocab)
     train_ids = torch.tensor(model.encode(splits["train"]))
@@ -90,31 +92,26 @@ def main(argv: list[str] | None = None) -> dict:
     generator = torch.Generator().manual_seed(run.seed * 1000 + rank * 100003 + progress.step)
     validate = {"max_windows": run.eval_windows or None}
     minutes = common.Timer()
+    def batch_loss(starts: list[int]) -> torch.Tensor:
+        windows = torch.stack([train_ids[s: s + run.seq_len + 1] for s in starts])
+        windows = windows.to(device)  # (B, T+1)
+        logits, _ = ddp(windows[:, :-1])  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+
     while progress.step < run.steps and progress.bad_epochs < run.patience:
         timer = common.Timer()
-        module.train()
-        total, count = 0.0, min(run.eval_every, run.steps - progress.step)
-        bar = tqdm(range(count), desc=f"steps {progress.step}+", disable=rank != 0, unit="step")
-        for _ in bar:
-            starts = torch.randint(0, len(train_ids) - run.seq_len - 1, (run.batch_size,),
-                                   generator=generator)
-            windows = torch.stack([train_ids[s: s + run.seq_len + 1] for s in starts.tolist()])
-            windows = windows.to(device)  # (B, T+1)
-            logits, _ = ddp(windows[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
-            common.optimizer_step(loss, optimizer, module, run.clip)
-            schedule.step()
-            if averaged:
-                averaged.update_parameters(module)
-            progress.step += 1
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        # the windows' first characters, one batch per step until the next validation
+        batches = [torch.randint(0, len(train_ids) - run.seq_len - 1, (run.batch_size,),
+                                 generator=generator).tolist()
+                   for _ in range(min(run.eval_every, run.steps - progress.step))]
+        train_loss = common.train_epoch(batches, batch_loss, optimizer, module, run.clip,
+                                        progress, rank, averaged, schedule)
         served.eval()
         val = char_loss(model, splits["val"], **validate)["val_loss"]
-        best = common.end_epoch(progress, {"train_loss": total / count, "val_loss": val}, val, False,
+        best = common.end_epoch(progress, {"train_loss": train_loss, "val_loss": val}, val, False,
                                 timer.elapsed(), checkpoints, saved, optimizer, rank)
         log.info("step %d: train loss %.4f, val loss %.4f nats/char%s (%.0f s)", progress.step,
-                 total / count, val, " (best)" if best else "", timer.elapsed())
+                 train_loss, val, " (best)" if best else "", timer.elapsed())
         if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
             log.info("time budget of %.0f minutes reached", run.max_minutes)
             break

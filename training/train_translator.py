@@ -44,8 +44,7 @@ class RunConfig(common.CommonRun):
     hidden_size: int = help_field(256, "encoder units per direction (decoder: twice)", minimum=1)
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     attention_size: int = help_field(256, "additive attention size", minimum=1)
-    dropout: float = help_field(0.3, "dropout", minimum=0.0,
-                                maximum=1.0)
+    dropout: float = help_field(0.3, "dropout", minimum=0.0, maximum=1.0)
     label_smoothing: float = help_field(0.1, "label smoothing of the loss", minimum=0.0)
     epochs: int = help_field(6, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better val BLEU", minimum=1)
