@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, save_module
-from models.rnn import State, from_state, make_rnn, to_state
+from models.rnn import State, from_state, make_rnn, to_state, weight_dropped
 from models.vocab import SPECIALS, UNK_ID, Vocab
 
 TASK = "generator"
@@ -31,6 +31,7 @@ class CharLMConfig:
     num_layers: int = 2
     cell: str = "lstm"
     dropout: float = 0.2
+    weight_drop: float = 0.0  # DropConnect on W_hh while training (models.rnn.weight_dropped)
 
 
 class CharLM(nn.Module):
@@ -54,7 +55,11 @@ class CharLM(nn.Module):
         if state is None:
             state = self.init_state(tokens.shape[0])
         embedded = self.embedding(tokens)  # (B, T, E)
-        outputs, hidden = self.rnn(embedded, from_state(state, self.config.cell))  # (B, T, H)
+        hidden = from_state(state, self.config.cell)
+        if self.training and self.config.weight_drop:
+            outputs, hidden = weight_dropped(self.rnn, self.config.weight_drop, embedded, hidden)
+        else:
+            outputs, hidden = self.rnn(embedded, hidden)  # (B, T, H)
         return self.head(self.dropout(outputs)), to_state(hidden)
 
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:

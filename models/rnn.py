@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 CELLS = ("rnn", "gru", "lstm")
@@ -46,6 +48,18 @@ def run_padded(rnn: nn.RNNBase, inputs: Tensor, lengths: Tensor
     outputs, hidden = rnn(packed)
     outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=inputs.shape[1])
     return outputs, hidden
+
+
+def weight_dropped(rnn: nn.RNNBase, p: float, *args: object
+                   ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """`rnn(*args)` with DropConnect on its hidden-to-hidden weights (the AWD-LSTM's weight drop,
+    Merity et al. 2017): each call draws one mask per W_hh, so every time step of the batch sees
+    the same thinned memory, which regularises the recurrence itself where dropout between layers
+    cannot reach. Training only; at inference the full weights are the expectation.
+    """
+    dropped = {name: F.dropout(weight, p, training=True)
+               for name, weight in rnn.named_parameters() if name.startswith("weight_hh")}
+    return functional_call(rnn, dropped, args)
 
 
 def elman_recurrence(x: Tensor, w_xh: Tensor, w_hh: Tensor, b: Tensor | None = None,

@@ -37,6 +37,8 @@ class RunConfig(common.CommonRun):
     num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0,
                                 maximum=1.0)
+    weight_drop: float = help_field(0.0, "DropConnect on the recurrent weights W_hh while "
+                                    "training (AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
     seq_len: int = help_field(128, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
     steps: int = help_field(2200, "maximum optimizer steps", minimum=1)
@@ -62,7 +64,7 @@ PROFILES = {
 def model_config(run: RunConfig, vocab_size: int) -> CharLMConfig:
     return CharLMConfig(vocab_size=vocab_size, embedding_dim=run.embedding_dim,
                         hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
-                        dropout=run.dropout)
+                        dropout=run.dropout, weight_drop=run.weight_drop)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_generator
 
-from models.generator import EMPTY_PROMPT, CharGenerator, sample_next
+from models.generator import EMPTY_PROMPT, CharGenerator, CharLM, CharLMConfig, sample_next
 from models.rnn import CELLS
 from models.vocab import SPECIALS, UNK_ID
 
@@ -129,3 +129,16 @@ def test_unknown_prompt_characters_map_to_unk(tiny_generator):
 def test_decode_inverts_encode(tiny_generator):
     text = "Hello, World!\nNew line - ok?"
     assert tiny_generator.decode(tiny_generator.encode(text)) == text
+
+
+def test_weight_drop_acts_in_training_only():
+    torch.manual_seed(0)
+    config = CharLMConfig(vocab_size=9, embedding_dim=4, hidden_size=8, num_layers=2, dropout=0.0)
+    plain = CharLM(config)
+    dropped = CharLM(CharLMConfig(**{**config.__dict__, "weight_drop": 0.5}))
+    dropped.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 9, (3, 6))
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(tokens)[0], plain(tokens)[0])  # served: the full weights
+    plain.train(), dropped.train()
+    assert not torch.allclose(dropped(tokens)[0], plain(tokens)[0])

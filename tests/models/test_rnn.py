@@ -14,6 +14,7 @@ from models.rnn import (
     run_padded,
     select_state,
     to_state,
+    weight_dropped,
 )
 
 
@@ -107,3 +108,38 @@ def test_run_padded_gives_each_row_what_it_gets_alone(cell):
             assert not bool(outputs[row, length:].any())  # padding gives zeros
             for part, alone_part in zip(to_state(hidden), to_state(alone_hidden), strict=True):
                 torch.testing.assert_close(part[:, row], alone_part[:, 0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_runs_the_rnn_with_dropped_recurrent_weights_only(cell):
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 3, 6, num_layers=2)
+    x = torch.randn(2, 5, 3)
+    before = {name: w.detach().clone() for name, w in rnn.named_parameters()}
+
+    torch.manual_seed(7)
+    outputs, _ = weight_dropped(rnn, 0.5, x)
+    # the same draws, by hand: a copy whose W_hh (and only those) are the dropped ones
+    reference = make_rnn(cell, 3, 6, num_layers=2)
+    reference.load_state_dict(rnn.state_dict())
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, weight in reference.named_parameters():
+            if name.startswith("weight_hh"):
+                weight.copy_(torch.nn.functional.dropout(weight, 0.5, training=True))
+    torch.testing.assert_close(outputs, reference(x)[0])
+    assert not torch.allclose(outputs, rnn(x)[0])
+
+    outputs.sum().backward()  # the gradient reaches the raw weights, which stay untouched
+    assert all(rnn.get_parameter(f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(2))
+    for name, weight in rnn.named_parameters():
+        torch.testing.assert_close(weight.detach(), before[name])
+
+
+def test_weight_drop_of_zero_is_the_plain_rnn():
+    rnn = make_rnn("lstm", 3, 4)
+    x, state = torch.randn(2, 5, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+    outputs, (h, c) = weight_dropped(rnn, 0.0, x, state)
+    expected, (h_ref, c_ref) = rnn(x, state)
+    torch.testing.assert_close(outputs, expected)
+    torch.testing.assert_close((h, c), (h_ref, c_ref))

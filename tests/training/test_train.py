@@ -55,10 +55,13 @@ def test_sentiment_smoke_writes_a_complete_artifact(tmp_path):
 
 def test_generator_smoke_writes_a_complete_artifact(tmp_path):
     metrics = train_generator.main(["--profile", "quick", "--steps", "20", "--eval-every", "10",
-                                    "--no-store", "--checkpoint-dir", str(tmp_path / "ck")])
+                                    "--weight-drop", "0.3", "--no-store",
+                                    "--checkpoint-dir", str(tmp_path / "ck")])
     folder = Path(metrics["folder"])
     check_artifact(folder, {"vocab.json"}, "generator")
-    assert len(CharGenerator.load(folder).generate("the ", 10, seed=1)) == 10
+    shipped = CharGenerator.load(folder)
+    assert shipped.module.config.weight_drop == 0.3
+    assert len(shipped.generate("the ", 10, seed=1)) == 10
     assert metrics["test"]["val_loss"] > 0
 
 
@@ -135,6 +138,13 @@ def test_an_average_that_never_moves_is_refused(capsys):
         train_generator.main(["--ema", "1"])
     assert exit_info.value.code == 2
     assert "--ema must be <= 0.9999, got 1.0" in capsys.readouterr().err
+
+
+def test_a_weight_drop_that_drops_every_weight_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_generator.main(["--weight-drop", "1"])
+    assert exit_info.value.code == 2
+    assert "--weight-drop must be <= 0.99, got 1.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", [train_sentiment, train_generator, train_translator])
