@@ -9,6 +9,7 @@ them hold information across long sequences where the plain cell's memory fades.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
 
 
-def run_padded(rnn: nn.RNNBase, inputs: Tensor, lengths: Tensor
+def run_padded(rnn: nn.RNNBase | Callable, inputs: Tensor, lengths: Tensor
                ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """A batch_first `rnn` over padded `inputs` (B, S, E) whose rows have `lengths` (B,).
 
@@ -60,6 +61,12 @@ def weight_dropped(rnn: nn.RNNBase, p: float, *args: object
     dropped = {name: F.dropout(weight, p, training=True)
                for name, weight in rnn.named_parameters() if name.startswith("weight_hh")}
     return functional_call(rnn, dropped, args)
+
+
+def recurrence(rnn: nn.RNNBase, weight_drop: float, training: bool) -> nn.RNNBase | Callable:
+    """What a model calls to run `rnn`: itself, or while training with `weight_drop` > 0, the
+    same rnn with weight drop (`weight_dropped`)."""
+    return partial(weight_dropped, rnn, weight_drop) if training and weight_drop else rnn
 
 
 def elman_recurrence(x: Tensor, w_xh: Tensor, w_hh: Tensor, b: Tensor | None = None,

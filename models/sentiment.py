@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, save_module
-from models.rnn import make_rnn, run_padded
+from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
 
@@ -32,6 +32,7 @@ class SentimentConfig:
     cell: str = "lstm"
     bidirectional: bool = True
     dropout: float = 0.5
+    weight_drop: float = 0.0  # DropConnect on W_hh while training (models.rnn.weight_dropped)
     num_classes: int = len(LABELS)
 
 
@@ -50,7 +51,8 @@ class SentimentRNN(nn.Module):
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """tokens (B, S) padded with PAD_ID, lengths (B,) >= 1 -> logits (B, C)."""
         embedded = self.dropout(self.embedding(tokens))  # (B, S, E)
-        outputs, _ = run_padded(self.rnn, embedded, lengths)  # (B, S, D*H)
+        rnn = recurrence(self.rnn, self.config.weight_drop, self.training)
+        outputs, _ = run_padded(rnn, embedded, lengths)  # (B, S, D*H)
         mask = (torch.arange(tokens.shape[1], device=tokens.device)[None, :]
                 < lengths.to(tokens.device)[:, None]).unsqueeze(-1)  # (B, S, 1)
         max_pooled = outputs.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, D*H)

@@ -34,6 +34,8 @@ class RunConfig(common.CommonRun):
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
                                 maximum=1.0)
+    weight_drop: float = help_field(0.0, "DropConnect on the recurrent weights W_hh while "
+                                    "training (AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
     epochs: int = help_field(4, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = Vocab.build((sentiment_tokens(text) for text, _ in train), min_freq=run.min_freq)
     config = SentimentConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
                              hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
-                             dropout=run.dropout)
+                             dropout=run.dropout, weight_drop=run.weight_drop)
     module = SentimentRNN(config).to(device)
     averaged, served, saved = common.weight_average(module, run.ema)
     model = SentimentClassifier(served, vocab)

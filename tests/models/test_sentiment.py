@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_sentiment
 
 from models.rnn import CELLS
-from models.sentiment import LABELS, SentimentClassifier
+from models.sentiment import LABELS, SentimentClassifier, SentimentConfig, SentimentRNN
 from models.vocab import PAD_ID, UNK_ID
 
 TEXTS = [
@@ -68,3 +68,20 @@ def test_unknown_words_and_empty_text_do_not_raise(tiny_sentiment):
 def test_encode_uses_the_shared_normalisation(tiny_sentiment):
     assert tiny_sentiment.encode("GOOD Film") == tiny_sentiment.encode("good film")
     assert UNK_ID not in tiny_sentiment.encode("good film")
+
+
+def test_weight_drop_acts_in_training_only_and_through_packing():
+    torch.manual_seed(0)
+    config = SentimentConfig(vocab_size=20, embedding_dim=4, hidden_size=6, dropout=0.0)
+    plain = SentimentRNN(config)
+    dropped = SentimentRNN(SentimentConfig(**{**config.__dict__, "weight_drop": 0.5}))
+    dropped.load_state_dict(plain.state_dict())
+    tokens, lengths = torch.randint(4, 20, (3, 7)), torch.tensor([7, 2, 5])  # packed: unequal
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(tokens, lengths), plain(tokens, lengths))
+    plain.train(), dropped.train()
+    logits = dropped(tokens, lengths)
+    assert not torch.allclose(logits, plain(tokens, lengths))
+    logits.sum().backward()
+    assert dropped.rnn.weight_hh_l0.grad.abs().sum() > 0
+    assert dropped.rnn.weight_hh_l0_reverse.grad.abs().sum() > 0

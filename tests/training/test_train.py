@@ -44,10 +44,12 @@ def check_artifact(folder: Path, extra: set[str], task: str) -> dict:
 
 def test_sentiment_smoke_writes_a_complete_artifact(tmp_path):
     metrics = train_sentiment.main(["--profile", "quick", "--epochs", "2", "--no-store",
-                                    "--checkpoint-dir", str(tmp_path / "ck"), "--cell", "gru"])
+                                    "--checkpoint-dir", str(tmp_path / "ck"), "--cell", "gru",
+                                    "--weight-drop", "0.2"])
     folder = Path(metrics["folder"])
     check_artifact(folder, {"vocab.json"}, "sentiment")
     model = SentimentClassifier.load(folder)
+    assert model.module.config.weight_drop == 0.2
     assert model.predict_proba(["A great film!"]).shape == (1, 2)
     assert 0.0 <= metrics["test"]["accuracy"] <= 100.0
     assert len(metrics["validation"]) == 1 and metrics["epochs_run"] == 2
