@@ -34,10 +34,10 @@ class RunConfig(common.CommonRun):
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = help_field(0.0, "DropConnect on the recurrent weights W_hh while "
+    weight_drop: float = help_field(0.3, "DropConnect on the recurrent weights W_hh while "
                                     "training (AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
-    epochs: int = help_field(4, "maximum epochs", minimum=1)
+    epochs: int = help_field(10, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
                                minimum=1)
     batch_size: int = help_field(64, "sentences per step (per process under torchrun)", minimum=1)
@@ -53,6 +53,7 @@ class RunConfig(common.CommonRun):
 PROFILES = {
     "full": {},
     "quick": {"epochs": 1, "train_limit": 3000, "embedding_dim": 64, "hidden_size": 64, "ema": 0.0,
+              "weight_drop": 0.0,
               "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
 
