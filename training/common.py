@@ -40,6 +40,12 @@ def help_field(default: Any, help: str, choices: tuple | None = None,
                                                         "minimum": minimum, "maximum": maximum})
 
 
+def weight_drop_field(default: float) -> Any:
+    """The --weight-drop flag of the scripts whose models run through models.rnn.recurrence."""
+    return help_field(default, "DropConnect on the recurrent weights W_hh while training "
+                      "(AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
+
+
 def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str, Any]],
                  description: str) -> Any:
     """Build run config `cls` from a --profile's defaults overridden by one flag per field."""

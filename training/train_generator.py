@@ -37,8 +37,7 @@ class RunConfig(common.CommonRun):
     num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = help_field(0.0, "DropConnect on the recurrent weights W_hh while "
-                                    "training (AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
+    weight_drop: float = common.weight_drop_field(0.0)
     seq_len: int = help_field(128, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
     steps: int = help_field(2200, "maximum optimizer steps", minimum=1)

@@ -34,8 +34,7 @@ class RunConfig(common.CommonRun):
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = help_field(0.3, "DropConnect on the recurrent weights W_hh while "
-                                    "training (AWD-LSTM's weight drop)", minimum=0.0, maximum=0.99)
+    weight_drop: float = common.weight_drop_field(0.3)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
     epochs: int = help_field(10, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
