@@ -3,11 +3,18 @@
 Embedding -> (bi)RNN over packed sequences -> max and mean pooling over real tokens -> classifier.
 Packing means padding never enters the recurrence, so a sentence gets the same answer
 alone or in a batch with longer ones.
+
+Optionally (`subword_buckets` > 0) each word's vector adds the mean of its hashed character
+n-grams, fastText style (Bojanowski et al. 2017): "<unwatchable>" shares "<un", "watch", "able>"
+with words seen in training, so a word the vocabulary lacks still carries meaning instead of
+being one shared UNK vector.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -34,6 +41,45 @@ class SentimentConfig:
     dropout: float = 0.5
     weight_drop: float = 0.0  # DropConnect on W_hh while training (models.rnn.weight_dropped)
     num_classes: int = len(LABELS)
+    subword_buckets: int = 0  # hashed character n-gram embeddings (0 = words only)
+    subword_min_n: int = 3
+    subword_max_n: int = 5
+
+
+@lru_cache(maxsize=1 << 16)
+def subword_ids(word: str, buckets: int, min_n: int, max_n: int) -> tuple[int, ...]:
+    """The hashed ids of the character n-grams of "<word>" (crc32: the same in every process).
+
+    >>> len(subword_ids("good", 1000, 3, 5))  # <go goo ood od> <goo good ood> <good good>
+    9
+    """
+    marked = f"<{word}>"
+    return tuple(zlib.crc32(marked[i:i + n].encode("utf-8")) % buckets
+                 for n in range(min_n, max_n + 1) for i in range(len(marked) - n + 1))
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A text as the network reads it: word ids, and per word its subword ids (all empty when the
+    model has no subword table). len() is its length in tokens."""
+    words: list[int]
+    subwords: list[tuple[int, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded network input: tokens (B, S), lengths (B,), and with subwords the flat subword ids
+    and the offset of each of the B * S positions' bags (row-major), for nn.EmbeddingBag."""
+    tokens: Tensor
+    lengths: Tensor
+    subwords: tuple[Tensor, Tensor] | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        subwords = None if self.subwords is None else tuple(t.to(device) for t in self.subwords)
+        return Batch(self.tokens.to(device), self.lengths, subwords)
 
 
 class SentimentRNN(nn.Module):
@@ -42,15 +88,24 @@ class SentimentRNN(nn.Module):
         self.config = config
         directions = 2 if config.bidirectional else 1
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD_ID)
+        self.subwords = (nn.EmbeddingBag(config.subword_buckets, config.embedding_dim, mode="mean")
+                         if config.subword_buckets else None)
         self.rnn = make_rnn(config.cell, config.embedding_dim, config.hidden_size,
                             config.num_layers, config.bidirectional, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
         # max-pool and mean-pool over time, concatenated
         self.classifier = nn.Linear(2 * directions * config.hidden_size, config.num_classes)
 
-    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """tokens (B, S) padded with PAD_ID, lengths (B,) >= 1 -> logits (B, C)."""
-        embedded = self.dropout(self.embedding(tokens))  # (B, S, E)
+    def forward(self, tokens: Tensor, lengths: Tensor,
+                subwords: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """tokens (B, S) padded with PAD_ID, lengths (B,) >= 1, and for a model with a subword
+        table the (ids, offsets) of one bag per position (`Batch`) -> logits (B, C)."""
+        embedded = self.embedding(tokens)  # (B, S, E)
+        if self.subwords is not None:
+            if subwords is None:
+                raise ValueError("this model reads subwords: pass the (ids, offsets) of a Batch")
+            embedded = embedded + self.subwords(*subwords).view_as(embedded)  # padding bags are 0
+        embedded = self.dropout(embedded)
         rnn = recurrence(self.rnn, self.config.weight_drop, self.training)
         outputs, _ = run_padded(rnn, embedded, lengths)  # (B, S, D*H)
         mask = (torch.arange(tokens.shape[1], device=tokens.device)[None, :]
@@ -68,23 +123,42 @@ class SentimentClassifier:
         self.module = module
         self.vocab = vocab
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a raw text. An empty text becomes one UNK: the model's prior."""
-        return self.vocab.encode(sentiment_tokens(text)) or [UNK_ID]
+    def encode(self, text: str) -> EncodedText:
+        """A raw text as the network reads it. An empty text becomes one UNK: the model's prior."""
+        words = sentiment_tokens(text)
+        ids = self.vocab.encode(words) or [UNK_ID]
+        config = self.module.config
+        if not config.subword_buckets:
+            return EncodedText(ids)
+        subwords = [subword_ids(word, config.subword_buckets, config.subword_min_n,
+                                config.subword_max_n) for word in words] or [()]
+        return EncodedText(ids, subwords)
 
     @staticmethod
-    def collate(sequences: list[list[int]]) -> tuple[Tensor, Tensor]:
-        lengths = torch.tensor([len(s) for s in sequences])
-        tokens = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            tokens[row, : len(seq)] = torch.tensor(seq)
-        return tokens, lengths
+    def collate(texts: list[EncodedText]) -> Batch:
+        lengths = torch.tensor([len(t) for t in texts])
+        longest = int(lengths.max())
+        tokens = torch.full((len(texts), longest), PAD_ID, dtype=torch.long)
+        for row, text in enumerate(texts):
+            tokens[row, : len(text)] = torch.tensor(text.words)
+        if not any(text.subwords for text in texts):
+            return Batch(tokens, lengths)
+        sizes = torch.zeros(len(texts), longest, dtype=torch.long)  # bag sizes; padding's are 0
+        ids: list[int] = []
+        for row, text in enumerate(texts):
+            sizes[row, : len(text)] = torch.tensor([len(bag) for bag in text.subwords])
+            for bag in text.subwords:
+                ids.extend(bag)
+        sizes = sizes.flatten()
+        return Batch(tokens, lengths, (torch.tensor(ids, dtype=torch.long), sizes.cumsum(0) - sizes))
+
+    def logits(self, batch: Batch) -> Tensor:
+        return self.module(batch.tokens, batch.lengths, batch.subwords)
 
     @torch.inference_mode()
-    def predict_ids(self, sequences: list[list[int]]) -> Tensor:
-        """Probabilities (B, C) for already-encoded sequences."""
-        tokens, lengths = self.collate(sequences)
-        return torch.softmax(self.module(tokens, lengths), dim=-1)
+    def predict_ids(self, texts: list[EncodedText]) -> Tensor:
+        """Probabilities (B, C) for already-encoded texts."""
+        return torch.softmax(self.logits(self.collate(texts)), dim=-1)
 
     def predict_proba(self, texts: list[str]) -> Tensor:
         return self.predict_ids([self.encode(t) for t in texts])

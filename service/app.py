@@ -32,7 +32,7 @@ from models import translator as translator_task
 from models.artifact import METRICS_FILE, parameter_count, read_json
 from models.generator import CharGenerator
 from models.quantize import with_precision
-from models.sentiment import LABELS, SentimentClassifier
+from models.sentiment import LABELS, EncodedText, SentimentClassifier
 from models.translator import Translation, Translator
 from service import metrics
 from service.batching import Batcher
@@ -159,7 +159,7 @@ class RNNServe:
 
     # -- model calls, run by the batchers in their threads -------------------------------------
 
-    def _classify(self, sequences: list[list[int]]) -> list[list[float]]:
+    def _classify(self, sequences: list[EncodedText]) -> list[list[float]]:
         return self.classifier.predict_ids(sequences).tolist()  # (B, C)
 
     def _translation_runner(self, source: str):

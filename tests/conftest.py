@@ -27,11 +27,12 @@ def made_up_sentences(count: int, seed: int, words: list[str] = WORDS) -> list[s
     return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 12))) for _ in range(count)]
 
 
-def make_tiny_sentiment(cell: str = "gru", seed: int = 0) -> SentimentClassifier:
+def make_tiny_sentiment(cell: str = "gru", seed: int = 0, subword_buckets: int = 0
+                        ) -> SentimentClassifier:
     torch.manual_seed(seed)
     vocab = Vocab.build(sentiment_tokens(s) for s in made_up_sentences(50, seed))
     config = SentimentConfig(vocab_size=len(vocab), embedding_dim=16, hidden_size=12, cell=cell,
-                             dropout=0.0)
+                             dropout=0.0, subword_buckets=subword_buckets)
     return SentimentClassifier(SentimentRNN(config).eval(), vocab)
 
 
@@ -82,9 +83,11 @@ def tiny_translator() -> Translator:
 
 @pytest.fixture(scope="session")
 def tiny_shipped_dir(tmp_path_factory) -> Path:
-    """All four served models, tiny and random, in the models/pretrained/ layout."""
+    """All four served models, tiny and random, in the models/pretrained/ layout (the classifier
+    reads subwords, as the shipped one does)."""
     directory = tmp_path_factory.mktemp("pretrained")
-    write_shipped(directory, "sentiment-rnn", make_tiny_sentiment(), "sentiment", "gru")
+    write_shipped(directory, "sentiment-rnn", make_tiny_sentiment(subword_buckets=64), "sentiment",
+                  "gru")
     write_shipped(directory, "char-generator", make_tiny_generator(), "generator", "gru")
     write_shipped(directory, "translator-de-en", make_tiny_translator(), "translator", "gru")
     write_shipped(directory, "translator-ko-en", make_tiny_translator(source_lang="ko", seed=1),

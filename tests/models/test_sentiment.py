@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 from conftest import make_tiny_sentiment
 
 from models.rnn import CELLS
-from models.sentiment import LABELS, SentimentClassifier, SentimentConfig, SentimentRNN
+from models.sentiment import (
+    LABELS,
+    EncodedText,
+    SentimentClassifier,
+    SentimentConfig,
+    SentimentRNN,
+    subword_ids,
+)
 from models.vocab import PAD_ID, UNK_ID
 
 TEXTS = [
@@ -18,9 +27,10 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=CELLS)
+@pytest.fixture(scope="module", params=[*CELLS, "gru+subwords"])
 def classifier(request) -> SentimentClassifier:
-    return make_tiny_sentiment(cell=request.param)
+    cell, _, subwords = request.param.partition("+")
+    return make_tiny_sentiment(cell=cell, subword_buckets=64 if subwords else 0)
 
 
 def test_probabilities_have_one_column_per_label_and_sum_to_one(classifier):
@@ -46,17 +56,17 @@ def test_batch_order_does_not_matter(classifier):
 def test_padding_value_never_reaches_the_model(tiny_sentiment):
     # pack_padded_sequence must skip the padding: whatever id fills it, the answer is the same
     sequences = [tiny_sentiment.encode(t) for t in TEXTS]
-    tokens, lengths = tiny_sentiment.collate(sequences)
-    assert int(tokens[0, 1:].ne(PAD_ID).sum()) == 0
+    batch = tiny_sentiment.collate(sequences)
+    assert int(batch.tokens[0, 1:].ne(PAD_ID).sum()) == 0
     with torch.inference_mode():
-        expected = tiny_sentiment.module(tokens, lengths)
-        filled = tokens.masked_fill(tokens == PAD_ID, tiny_sentiment.vocab.stoi["good"])
-        torch.testing.assert_close(tiny_sentiment.module(filled, lengths), expected)
+        expected = tiny_sentiment.module(batch.tokens, batch.lengths)
+        filled = batch.tokens.masked_fill(batch.tokens == PAD_ID, tiny_sentiment.vocab.stoi["good"])
+        torch.testing.assert_close(tiny_sentiment.module(filled, batch.lengths), expected)
 
 
 def test_unknown_words_and_empty_text_do_not_raise(tiny_sentiment):
-    assert tiny_sentiment.encode("") == [UNK_ID]
-    assert tiny_sentiment.encode("qwertyuiop zxcvb") == [UNK_ID, UNK_ID]
+    assert tiny_sentiment.encode("").words == [UNK_ID]
+    assert tiny_sentiment.encode("qwertyuiop zxcvb").words == [UNK_ID, UNK_ID]
     probs = tiny_sentiment.predict_proba(["", "qwertyuiop", "   ", "日本語 ☃"])
     assert probs.shape == (4, len(LABELS))
     assert bool(torch.isfinite(probs).all())
@@ -67,7 +77,47 @@ def test_unknown_words_and_empty_text_do_not_raise(tiny_sentiment):
 
 def test_encode_uses_the_shared_normalisation(tiny_sentiment):
     assert tiny_sentiment.encode("GOOD Film") == tiny_sentiment.encode("good film")
-    assert UNK_ID not in tiny_sentiment.encode("good film")
+    assert UNK_ID not in tiny_sentiment.encode("good film").words
+
+
+def test_subword_ids_are_the_hashed_ngrams_of_the_marked_word():
+    ids = subword_ids("good", 1000, 3, 5)
+    # "<good>": 4 trigrams, 3 four-grams, 2 five-grams
+    assert len(ids) == 9 and all(0 <= i < 1000 for i in ids)
+    assert ids[0] == zlib.crc32(b"<go") % 1000  # crc32: the same in every process, unlike hash()
+    assert subword_ids("go", 1000, 3, 5)[0] == ids[0]  # shared prefix, shared bucket
+    assert subword_ids("a", 1000, 3, 5) == (zlib.crc32(b"<a>") % 1000,)
+
+
+def test_subwords_tell_unknown_words_apart():
+    words_only, with_subwords = make_tiny_sentiment(), make_tiny_sentiment(subword_buckets=64)
+    unknown = ["qwertyuiop", "zxcvb"]
+    assert all(w not in with_subwords.vocab.stoi for w in unknown)
+    plain = words_only.predict_proba(unknown)
+    torch.testing.assert_close(plain[0], plain[1])  # both just UNK
+    probs = with_subwords.predict_proba(unknown)
+    assert not torch.allclose(probs[0], probs[1])
+    encoded = with_subwords.encode("the zxcvb")
+    assert encoded.words[1] == UNK_ID and encoded.subwords[1] == subword_ids("zxcvb", 64, 3, 5)
+    # an empty text is still one UNK, here with an empty bag of subwords
+    assert with_subwords.encode("") == EncodedText([UNK_ID], [()])
+
+
+def test_subword_padding_bags_are_empty_and_change_nothing():
+    model = make_tiny_sentiment(subword_buckets=64)
+    batch = model.collate([model.encode(t) for t in TEXTS])
+    ids, offsets = batch.subwords
+    assert offsets.shape == (batch.tokens.numel(),)
+    sizes = torch.diff(torch.cat([offsets, torch.tensor([len(ids)])])).view_as(batch.tokens)
+    assert bool((sizes[batch.tokens == PAD_ID] == 0).all())
+    assert bool((sizes[batch.tokens != PAD_ID] > 0).all())
+
+
+def test_a_subword_model_needs_its_subwords():
+    model = make_tiny_sentiment(subword_buckets=64)
+    batch = model.collate([model.encode("good film")])
+    with pytest.raises(ValueError, match="subwords"):
+        model.module(batch.tokens, batch.lengths)
 
 
 def test_weight_drop_acts_in_training_only_and_through_packing():

@@ -15,7 +15,7 @@ import pytest
 from serving_helpers import running_server
 
 from models.generator import CharGenerator
-from models.sentiment import LABELS, SentimentClassifier
+from models.sentiment import LABELS, EncodedText, SentimentClassifier
 from models.translator import Translator
 from models.vocab import UNK_ID
 
@@ -123,7 +123,7 @@ def test_sentiment_answers_in_order_with_the_models_probabilities(client, classi
 
 def test_empty_sentiment_text_gets_the_models_prior(client, classifier):
     result = post(client, "/sentiment", {"texts": [""]}).json()[0]
-    prior = classifier.predict_ids([[UNK_ID]])[0].tolist()
+    prior = classifier.predict_ids([EncodedText([UNK_ID], [()])])[0].tolist()  # no subwords either
     assert list(result["probabilities"].values()) == pytest.approx(prior, abs=1e-6)
 
 
