@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # Budgets small enough for a 2-core CPU: the point is the comparison, not the headline number.
 BUDGETS = {
     "sentiment": (train_sentiment.main, ["--epochs", "2", "--hidden-size", "128", "--ema", "0",
-                                         "--weight-drop", "0"], "accuracy"),
+                                         "--weight-drop", "0", "--subword-buckets", "0"], "accuracy"),
     "generator": (train_generator.main, ["--hidden-size", "256", "--steps", "400",
                                          "--eval-every", "200", "--ema", "0"], "val_loss"),
     "translator": (train_translator.main, ["--pair", "de-en", "--epochs", "1", "--hidden-size", "128",

@@ -35,6 +35,8 @@ class RunConfig(common.CommonRun):
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
                                 maximum=1.0)
     weight_drop: float = common.weight_drop_field(0.3)
+    subword_buckets: int = help_field(16384, "hash table size for character 3-5-gram embeddings added "
+                                      "to each word's (0 = words only)", minimum=0)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
     epochs: int = help_field(10, "maximum epochs", minimum=1)
     patience: int = help_field(2, "stop after this many epochs without a better dev accuracy",
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = Vocab.build((sentiment_tokens(text) for text, _ in train), min_freq=run.min_freq)
     config = SentimentConfig(vocab_size=len(vocab), embedding_dim=run.embedding_dim,
                              hidden_size=run.hidden_size, num_layers=run.num_layers, cell=run.cell,
-                             dropout=run.dropout, weight_drop=run.weight_drop)
+                             dropout=run.dropout, weight_drop=run.weight_drop,
+                             subword_buckets=run.subword_buckets)
     module = SentimentRNN(config).to(device)
     averaged, served, saved = common.weight_average(module, run.ema)
     model = SentimentClassifier(served, vocab)
@@ -86,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
                                   progress.epoch)
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
-        tokens, lengths = SentimentClassifier.collate([encoded[i] for i in batch])
-        return F.cross_entropy(ddp(tokens.to(device), lengths), labels[batch].to(device))
+        inputs = SentimentClassifier.collate([encoded[i] for i in batch]).to(device)
+        logits = ddp(inputs.tokens, inputs.lengths, inputs.subwords)
+        return F.cross_entropy(logits, labels[batch].to(device))
 
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
@@ -109,8 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     folder, metrics = common.finish_artifact(
         NAME, "sentiment", run.cell,
-        "Many-to-one SST-2 sentiment classifier: word embedding -> bidirectional "
-        f"{run.cell.upper()} over packed sequences -> max+mean pooling -> linear. "
+        "Many-to-one SST-2 sentiment classifier: word embedding"
+        + (f" + mean of hashed character {config.subword_min_n}-{config.subword_max_n}-gram "
+           f"embeddings ({config.subword_buckets} buckets)" if config.subword_buckets else "")
+        + f" -> bidirectional {run.cell.upper()} over packed sequences -> max+mean pooling -> "
+        "linear. "
         "Trained on GLUE SST-2 phrases, selected on the SST-2 dev set, tested on stsa.binary.test. "
         "No pretrained embeddings.",
         save=lambda path: model.save(path, dtype=torch.float16),
