@@ -428,6 +428,7 @@ class Variant:
     settings: dict[str, str]
     points: dict[str, tuple[int, ...]]  # endpoint -> concurrencies
     longer: dict[str, int] = field(default_factory=dict)  # endpoint -> least measured seconds
+    bentoml_home: Path | None = None  # its own model store (None: the run's)
 
 
 def measure_variant(variant: Variant, bentoml_home: Path, workdir: Path, bodies: dict[str, list[dict]],
@@ -438,7 +439,7 @@ def measure_variant(variant: Variant, bentoml_home: Path, workdir: Path, bodies:
         bodies_files[name].write_text("".join(json.dumps(b) + "\n" for b in endpoint_bodies))
     log_path = workdir / f"server-{variant.name.replace(' ', '-')}.log"
     log.info("serving %s (%s)", variant.name, variant.settings or "defaults")
-    with serving(variant.tree, bentoml_home, log_path, variant.settings) as server:
+    with serving(variant.tree, variant.bentoml_home or bentoml_home, log_path, variant.settings) as server:
         idle_rss = server.rss_mb()
         points = []
         for name, concurrencies in variant.points.items():
@@ -449,6 +450,14 @@ def measure_variant(variant: Variant, bentoml_home: Path, workdir: Path, bodies:
         return {"settings": variant.settings, "cold_start_s": server.cold_start_s,
                 "rss_mb_idle": idle_rss, "rss_mb_after_load": server.rss_mb(),
                 "points": [dataclasses.asdict(p) for p in points]}
+
+
+def import_models(models: Path, bentoml_home: Path) -> Path:
+    """A fresh model store at `bentoml_home` holding the artifacts of the `models` folder."""
+    subprocess.run([sys.executable, "-m", "training.store", "import-shipped", "--dir", str(models)],
+                   cwd=REPO_ROOT, check=True, capture_output=True,
+                   env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"})
+    return bentoml_home
 
 
 def export_tree(ref: str, directory: Path) -> Path:
@@ -614,8 +623,8 @@ def write_markdown(report: dict, path: Path) -> None:
     if report["comparisons"]:
         lines += ["", "## Before / after (same run)", "",
                   "Each row: the service at an earlier commit, or with other settings, against the "
-                  "working tree with default settings (\"batching on\" above): same models, same "
-                  "bodies, same run.", "",
+                  "working tree with default settings (\"batching on\" above): same bodies, same "
+                  "run; same models, except that a commit serves the models it shipped.", "",
                   "| variant | endpoint | c | req/s | p50 ms | p99 ms | req/s: defaults now / variant |",
                   "|---|---|---|---|---|---|---|"]
         current = report["service"]["batching on"]
@@ -670,8 +679,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="least seconds per ceiling measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the ceiling")
     parser.add_argument("--compare", nargs="*", default=[], metavar="REF",
-                        help="also serve these commits (git archive) and measure /sentiment at c = 1, 16, "
-                             "64, for a before/after in the same run")
+                        help="also serve these commits (git archive, each with the models it shipped) "
+                             "and measure /sentiment at c = 1, 16, 64, for a before/after in the same run")
     parser.add_argument("--settings", nargs="*", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
                         help="also serve the working tree with these settings (e.g. RNNSERVE_WORKERS=2) "
                              "and measure /sentiment at c = 1, 16, 64")
@@ -715,15 +724,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         workdir = Path(tmp)
         bentoml_home = workdir / "bentoml_home"
-        subprocess.run([sys.executable, "-m", "training.store", "import-shipped", "--dir", str(args.models)],
-                       cwd=REPO_ROOT, check=True, capture_output=True,
-                       env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"})
+        import_models(args.models, bentoml_home)
         extra = []
         for ref in args.compare:
             commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, check=True,
                                     capture_output=True, text=True).stdout.strip()
             tree = export_tree(commit, workdir / f"tree-{commit}")
-            extra.append(Variant(f"commit {commit}", tree, base, {"sentiment": CONCURRENCY}))
+            # A commit serves the models it shipped: today's may need code it does not have.
+            home = import_models(tree / "models" / "pretrained", workdir / f"bentoml_home-{commit}")
+            extra.append(Variant(f"commit {commit}", tree, base, {"sentiment": CONCURRENCY},
+                                 bentoml_home=home))
         for settings in args.settings:
             extra.append(Variant(settings, REPO_ROOT, {**base, **parse_settings(settings)},
                                  {"sentiment": CONCURRENCY}))
