@@ -45,3 +45,9 @@ def test_the_shipped_models_are_listed_with_their_metrics(shipped_client):
     models = shipped_client.get("/models").json()
     assert sorted(m["name"] for m in models) == sorted(SERVED)
     assert all(m["metrics"] for m in models)
+
+
+def test_the_shipped_models_fit_the_repository_budget():
+    budget = 60 * 1000 * 1000  # bytes, for all four together
+    size = sum(path.stat().st_size for path in SHIPPED_DIR.rglob("*") if path.is_file())
+    assert 0 < size <= budget, f"{SHIPPED_DIR} holds {size:,} bytes, over the {budget:,} budget"
