@@ -46,16 +46,28 @@ class SentimentConfig:
     subword_max_n: int = 5
 
 
-@lru_cache(maxsize=1 << 16)
+CACHED_WORD_CHARS = 32  # longer words (rare, or sent to fill memory) are hashed every time
+
+
 def subword_ids(word: str, buckets: int, min_n: int, max_n: int) -> tuple[int, ...]:
     """The hashed ids of the character n-grams of "<word>" (crc32: the same in every process).
 
     >>> len(subword_ids("good", 1000, 3, 5))  # <go goo ood od> <goo good ood> <good good>
     9
     """
+    if len(word) > CACHED_WORD_CHARS:
+        return _hashed_ngrams(word, buckets, min_n, max_n)
+    return _cached_ngrams(word, buckets, min_n, max_n)
+
+
+def _hashed_ngrams(word: str, buckets: int, min_n: int, max_n: int) -> tuple[int, ...]:
     marked = f"<{word}>"
     return tuple(zlib.crc32(marked[i:i + n].encode("utf-8")) % buckets
                  for n in range(min_n, max_n + 1) for i in range(len(marked) - n + 1))
+
+
+# At most 16,384 words of at most 32 characters: a few MB whatever the service is sent.
+_cached_ngrams = lru_cache(maxsize=1 << 14)(_hashed_ngrams)
 
 
 @dataclass(frozen=True)

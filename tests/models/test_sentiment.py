@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_sentiment
 
+from models import sentiment
 from models.rnn import CELLS
 from models.sentiment import (
     LABELS,
@@ -87,6 +88,17 @@ def test_subword_ids_are_the_hashed_ngrams_of_the_marked_word():
     assert ids[0] == zlib.crc32(b"<go") % 1000  # crc32: the same in every process, unlike hash()
     assert subword_ids("go", 1000, 3, 5)[0] == ids[0]  # shared prefix, shared bucket
     assert subword_ids("a", 1000, 3, 5) == (zlib.crc32(b"<a>") % 1000,)
+
+
+def test_long_words_are_hashed_alike_but_never_cached():
+    long_word = "x" * 999 + "y"  # what a client could send, once per distinct word, to fill memory
+    cached_before = sentiment._cached_ngrams.cache_info().currsize
+    ids = subword_ids(long_word, 1000, 3, 5)
+    assert len(ids) == 3 * len(f"<{long_word}>") - 9  # every 3-, 4- and 5-gram
+    assert ids[-1] == zlib.crc32(b"xxxy>") % 1000
+    assert sentiment._cached_ngrams.cache_info().currsize == cached_before
+    subword_ids("qzqzq-only-here", 1000, 3, 5)
+    assert sentiment._cached_ngrams.cache_info().currsize == cached_before + 1
 
 
 def test_subwords_tell_unknown_words_apart():
