@@ -635,6 +635,10 @@ def write_markdown(report: dict, path: Path) -> None:
                          if now and p["requests_per_s"] else "-")
                 lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
                              f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} |")
+                if p["ttft_ms"]:
+                    then = now["ttft_ms"]["p50"] if now and now["ttft_ms"] else None
+                    lines.append(f"| | | | time to first token (probe) p50 {p['ttft_ms']['p50']:.1f} ms"
+                                 + (f", defaults now {then:.1f} ms" if then else "") + " | | | |")
     steps = [name for name in report["comparisons"] if name.startswith("commit ")]
     if steps:
         chain = [*steps, "batching on"]
@@ -680,13 +684,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the ceiling")
     parser.add_argument("--compare", nargs="*", default=[], metavar="REF",
                         help="also serve these commits (git archive, each with the models it shipped) "
-                             "and measure /sentiment at c = 1, 16, 64, for a before/after in the same run")
+                             "and measure them at c = 1, 16, 64 (--compare-endpoints: /sentiment by "
+                             "default), for a before/after in the same run")
     parser.add_argument("--settings", nargs="*", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
                         help="also serve the working tree with these settings (e.g. RNNSERVE_WORKERS=2) "
-                             "and measure /sentiment at c = 1, 16, 64")
+                             "and measure them like --compare")
     parser.add_argument("--base-settings", default="", metavar="VAR=VALUE[,VAR=VALUE]",
                         help="settings of every server measured, under each variant's own (e.g. "
                              "RNNSERVE_WORKERS=2 on a 2-core machine)")
+    parser.add_argument("--compare-endpoints", nargs="+", choices=tuple(ENDPOINTS), default=["sentiment"],
+                        help="the endpoints --compare and --settings measure")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
     parser.add_argument("--skip-quantization", action="store_true",
                         help="skip dynamic int8: its validation quality, ceiling and server")
@@ -726,17 +733,18 @@ def main(argv: list[str] | None = None) -> None:
         bentoml_home = workdir / "bentoml_home"
         import_models(args.models, bentoml_home)
         extra = []
+        compared = {name: CONCURRENCY for name in args.compare_endpoints}
         for ref in args.compare:
             commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, check=True,
                                     capture_output=True, text=True).stdout.strip()
             tree = export_tree(commit, workdir / f"tree-{commit}")
             # A commit serves the models it shipped: today's may need code it does not have.
             home = import_models(tree / "models" / "pretrained", workdir / f"bentoml_home-{commit}")
-            extra.append(Variant(f"commit {commit}", tree, base, {"sentiment": CONCURRENCY},
+            extra.append(Variant(f"commit {commit}", tree, base, compared,
                                  bentoml_home=home))
         for settings in args.settings:
             extra.append(Variant(settings, REPO_ROOT, {**base, **parse_settings(settings)},
-                                 {"sentiment": CONCURRENCY}))
+                                 compared))
         comparisons = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
                        for v in extra}
         service = {v.name: measure_variant(v, bentoml_home, workdir, bodies, args.seconds, args.warmup)
