@@ -1,13 +1,15 @@
 """Step-level (continuous) batching for the character generator.
 
-One loop holds every running sequence as one row of a batch: its recurrent state, the logits
-for its next character, its temperature, top-k and its own torch.Generator. Each step samples
-one character for every row (models.generator.sample_next) and advances the whole batch by one
-step (CharLM.step). Between steps, new requests join (their prompt is run once by
-CharGenerator.prime, its state concatenated to the batch) and finished or abandoned ones leave
-(their rows are dropped with select_state). The state of an RNN is a fixed-size tensor per
-sequence, so joining and leaving cost a concatenation or an index_select, unlike a transformer's
-growing KV cache.
+One loop holds every running sequence as one row of a batch: its recurrent state, the last
+character it sampled (not yet read by the model), its temperature, top-k and its own
+torch.Generator. Each step advances the whole batch by one character (CharLM.step) and samples
+the next one for every row (models.generator.sample_next). Between steps, new requests join:
+their prompt is run once by CharGenerator.prime, their first character is sampled from its
+logits and handed to the event loop at once, before the batch's next step, and their state is
+concatenated to the batch.
+Finished or abandoned sequences leave (their rows are dropped with select_state). The state of
+an RNN is a fixed-size tensor per sequence, so joining and leaving cost a concatenation or an
+index_select, unlike a transformer's growing KV cache.
 
 Every character goes to its request's asyncio.Queue as soon as the step that sampled it ends,
 so a stream is incremental. A row draws only from its own generator, so the same seed gives
@@ -21,7 +23,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -52,7 +54,8 @@ class Generation:
     enqueued: float  # time.perf_counter()
     # the loop puts: a list of new characters, then None at the end, or an exception
     pieces: asyncio.Queue[list[str] | BaseException | None] = field(default_factory=asyncio.Queue)
-    produced: int = 0
+    produced: int = 0  # characters sampled (executor thread)
+    sent: int = 0  # characters handed to the client's queue (event loop)
     abandoned: bool = False  # the client went away: drop the row at the next step
 
 
@@ -78,7 +81,7 @@ class GenerationLoop(ModelLoop):
         # awaits each step before starting the next, so the two never overlap.
         self._active: list[Generation] = []
         self._state: State = ()
-        self._logits = torch.empty(0)  # (B, V) logits of every row's next character
+        self._tokens = torch.empty(0, dtype=torch.long)  # (B,) each row's last sampled character
         self._temperature = torch.empty(0)  # (B,)
         self._top_k = torch.empty(0, dtype=torch.long)  # (B,)
 
@@ -126,8 +129,12 @@ class GenerationLoop(ModelLoop):
             now = time.perf_counter()
             for generation in joining:
                 metrics.queue_wait_seconds.labels(self.model).observe(now - generation.enqueued)
+            def publish_soon(steps: _Steps) -> None:
+                loop.call_soon_threadsafe(self._publish, steps)
+
             try:
-                steps = await loop.run_in_executor(self._executor, self._run_steps, joining)
+                steps = await loop.run_in_executor(self._executor, self._run_steps, joining,
+                                                   publish_soon)
             except Exception as error:  # a model step failed: every running sequence fails
                 log.exception("%s: generation step failed", self.model)
                 for generation in {*self._active, *joining}:
@@ -147,9 +154,10 @@ class GenerationLoop(ModelLoop):
         now = time.perf_counter()
         per_endpoint: Counter[str] = Counter()
         for generation, chars in steps.emitted.items():
-            if generation.produced == len(chars):  # its first characters
+            if not generation.sent:  # its first characters
                 metrics.time_to_first_token_seconds.labels(generation.endpoint).observe(
                     now - generation.enqueued)
+            generation.sent += len(chars)
             per_endpoint[generation.endpoint] += len(chars)
             generation.pieces.put_nowait(chars)
         for generation in steps.finished:
@@ -157,13 +165,15 @@ class GenerationLoop(ModelLoop):
         for endpoint, count in per_endpoint.items():
             metrics.generated_tokens.labels(endpoint).inc(count)
 
-    def _run_steps(self, joining: list[Generation]) -> _Steps:
+    def _run_steps(self, joining: list[Generation],
+                   publish: Callable[[_Steps], None]) -> _Steps:
         """In the executor thread: admit `joining`, then step the batch until there is news.
 
-        One step when sequences just joined, so their first character goes out at once;
-        otherwise steps for up to PUBLISH_EVERY_S, stopping early when a request waits to join.
+        A sequence that joins has its first character sampled from its prompt's logits, and
+        `publish` hands it out at once, without waiting for a step of the batch. Then steps for up
+        to PUBLISH_EVERY_S, stopping early when a request waits to join; returns those steps.
         """
-        steps = _Steps({}, [], [], [], [])
+        joined = _Steps({}, [], [], [], [])
         with torch.inference_mode():
             for generation in joining:
                 metrics.input_length.labels(self.model).observe(
@@ -172,9 +182,12 @@ class GenerationLoop(ModelLoop):
                     logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)
                 except Exception as error:
                     log.exception("%s: prompt could not be primed", self.model)
-                    steps.failed.append((generation, error))
+                    joined.failed.append((generation, error))
                     continue
-                self._join(generation, logits, state)
+                self._join(generation, logits, state, joined)
+            if joining:
+                publish(joined)
+            steps = _Steps({}, [], [], [], [])
             started = time.perf_counter()
             while True:
                 self._keep([row for row, g in enumerate(self._active) if not g.abandoned])
@@ -185,37 +198,42 @@ class GenerationLoop(ModelLoop):
                 self._step(steps)
                 steps.seconds.append(time.perf_counter() - step_started)
                 newcomers = self._pending and len(self._active) < self._max_active
-                if (joining or newcomers or not self._active
-                        or time.perf_counter() - started > PUBLISH_EVERY_S):
+                if newcomers or not self._active or time.perf_counter() - started > PUBLISH_EVERY_S:
                     break
         return steps
 
     def _step(self, steps: _Steps) -> None:
-        """Sample one character for every row, drop finished rows, advance the rest one step."""
-        tokens = sample_next(self._logits, self._temperature, self._top_k,
-                             [g.generator for g in self._active])  # (B,)
-        going_on = []
-        for row, (generation, token) in enumerate(zip(self._active, tokens.tolist(), strict=True)):
-            generation.produced += 1
-            steps.emitted.setdefault(generation, []).append(self.pipeline.decode([token]))
-            if generation.produced >= generation.max_tokens:
-                steps.finished.append(generation)
-            else:
-                going_on.append(row)
-        self._keep(going_on)
-        if going_on:
-            self._logits, self._state = self.pipeline.module.step(tokens[going_on], self._state)
+        """Advance every row by its last character, sample the next ones, drop finished rows."""
+        logits, self._state = self.pipeline.module.step(self._tokens, self._state)  # (B, V)
+        self._tokens = sample_next(logits, self._temperature, self._top_k,
+                                   [g.generator for g in self._active])  # (B,)
+        self._keep([row for row, (generation, token)
+                    in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
+                    if self._emit(generation, token, steps)])
 
-    def _join(self, generation: Generation, logits: Tensor, state: State) -> None:
+    def _emit(self, generation: Generation, token: int, steps: _Steps) -> bool:
+        """Record one sampled character. Whether the sequence goes on."""
+        generation.produced += 1
+        steps.emitted.setdefault(generation, []).append(self.pipeline.decode([token]))
+        if generation.produced < generation.max_tokens:
+            return True
+        steps.finished.append(generation)
+        return False
+
+    def _join(self, generation: Generation, logits: Tensor, state: State, steps: _Steps) -> None:
+        """Sample the first character from the prompt's logits (V,); a row if more are due."""
+        temperature = torch.tensor([generation.temperature])
+        top_k = torch.tensor([generation.top_k])
+        token = sample_next(logits[None], temperature, top_k, [generation.generator])  # (1,)
+        if not self._emit(generation, int(token[0]), steps):
+            return
         if not self._active:
-            self._state, self._logits = state, logits[None]
-            self._temperature = torch.tensor([generation.temperature])
-            self._top_k = torch.tensor([generation.top_k])
+            self._state, self._tokens, self._temperature, self._top_k = state, token, temperature, top_k
         else:
             self._state = cat_states([self._state, state])
-            self._logits = torch.cat([self._logits, logits[None]])  # (B + 1, V)
-            self._temperature = torch.cat([self._temperature, torch.tensor([generation.temperature])])
-            self._top_k = torch.cat([self._top_k, torch.tensor([generation.top_k])])
+            self._tokens = torch.cat([self._tokens, token])  # (B + 1,)
+            self._temperature = torch.cat([self._temperature, temperature])
+            self._top_k = torch.cat([self._top_k, top_k])
         self._active.append(generation)
 
     def _keep(self, rows: list[int]) -> None:
@@ -227,7 +245,7 @@ class GenerationLoop(ModelLoop):
             return
         index = torch.tensor(rows)
         self._state = select_state(self._state, index)
-        self._logits = self._logits.index_select(0, index)  # (B', V)
+        self._tokens = self._tokens.index_select(0, index)  # (B',)
         self._temperature = self._temperature.index_select(0, index)
         self._top_k = self._top_k.index_select(0, index)
         self._active = [self._active[row] for row in rows]
@@ -235,6 +253,6 @@ class GenerationLoop(ModelLoop):
     def _reset(self) -> None:
         self._active = []
         self._state = ()
-        self._logits = torch.empty(0)
+        self._tokens = torch.empty(0, dtype=torch.long)
         self._temperature = torch.empty(0)
         self._top_k = torch.empty(0, dtype=torch.long)

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_generator
 
 from service.batching import Overloaded
-from service.generation import GenerationLoop
+from service.generation import Generation, GenerationLoop
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,6 +52,28 @@ def test_alone_or_joining_a_running_batch_each_request_gets_its_unbatched_text(g
     for (prompt, max_tokens, seed, temperature, top_k), (text, _) in zip(requests, answers, strict=True):
         assert text == generator.generate(prompt, max_tokens, temperature, top_k, seed=seed)
     assert answers[0][0] == answers[-1][0]
+
+
+def test_a_newcomers_first_character_waits_for_no_step_of_the_batch(generator):
+    loop = GenerationLoop("test", generator, max_active=4, max_queue=10)  # driven by hand
+
+    def request(prompt: str, seed: int) -> Generation:  # longer than one call's steps
+        return Generation(prompt, 100_000, 0.8, 0, torch.Generator().manual_seed(seed),
+                          "generate", 0.0)
+
+    published = []
+    running, newcomer = request("To be", 1), request("Hello", 2)
+    stepped = loop._run_steps([running], published.append)
+    assert stepped.rows and stepped.emitted[running]
+    assert len(published) == 1 and published[0].rows == []
+    assert {g: len(chars) for g, chars in published[0].emitted.items()} == {running: 1}
+
+    stepped = loop._run_steps([newcomer], published.append)
+    # handed out before the step that advanced the running sequence along with it
+    assert published[1].rows == []
+    assert {g: len(chars) for g, chars in published[1].emitted.items()} == {newcomer: 1}
+    assert stepped.rows and set(stepped.emitted) == {running, newcomer}
+    assert len(loop._active) == 2
 
 
 def test_a_long_generation_streams_in_several_chunks(generator):
