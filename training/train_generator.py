@@ -33,17 +33,17 @@ NAME = "char-generator"
 class RunConfig(common.CommonRun):
     cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
     embedding_dim: int = help_field(64, "character embedding size", minimum=1)
-    hidden_size: int = help_field(384, "hidden units per layer", minimum=1)
+    hidden_size: int = help_field(448, "hidden units per layer", minimum=1)
     num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
-    dropout: float = help_field(0.2, "dropout between layers and before the head", minimum=0.0,
+    dropout: float = help_field(0.25, "dropout between layers and before the head", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = common.weight_drop_field(0.0)
-    seq_len: int = help_field(128, "characters per training window", minimum=2)
+    weight_drop: float = common.weight_drop_field(0.3)
+    seq_len: int = help_field(256, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
-    steps: int = help_field(2200, "maximum optimizer steps", minimum=1)
-    eval_every: int = help_field(200, "steps between validations (an 'epoch' here)", minimum=1)
+    steps: int = help_field(3600, "maximum optimizer steps", minimum=1)
+    eval_every: int = help_field(400, "steps between validations (an 'epoch' here)", minimum=1)
     eval_windows: int = help_field(0, "validate on the first N windows only (0 = all)", minimum=0)
-    patience: int = help_field(3, "stop after this many validations without improvement", minimum=1)
+    patience: int = help_field(4, "stop after this many validations without improvement", minimum=1)
     max_minutes: float = help_field(80.0, "stop at the first validation after this many minutes "
                                     "(0 = no limit)", minimum=0.0)
     lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
