@@ -6,10 +6,9 @@ torch.Generator. Each step advances the whole batch by one character (CharLM.ste
 the next one for every row (models.generator.sample_next). Between steps, new requests join:
 their prompt is run once by CharGenerator.prime, their first character is sampled from its
 logits and handed to the event loop at once, before the batch's next step, and their state is
-concatenated to the batch.
-Finished or abandoned sequences leave (their rows are dropped with select_state). The state of
-an RNN is a fixed-size tensor per sequence, so joining and leaving cost a concatenation or an
-index_select, unlike a transformer's growing KV cache.
+concatenated to the batch. Finished or abandoned sequences leave (their rows are dropped with
+select_state). The state of an RNN is a fixed-size tensor per sequence, so joining and leaving
+cost a concatenation or an index_select, unlike a transformer's growing KV cache.
 
 Every character goes to its request's asyncio.Queue as soon as the step that sampled it ends,
 so a stream is incremental. A row draws only from its own generator, so the same seed gives
@@ -19,6 +18,7 @@ the same text alone or beside any other requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -116,6 +116,8 @@ class GenerationLoop(ModelLoop):
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        # what _run_steps hands out from the executor thread, the event loop publishes
+        publish_soon = functools.partial(loop.call_soon_threadsafe, self._publish)
         while True:
             if not self._pending and not self._active:
                 self._wakeup.clear()
@@ -129,9 +131,6 @@ class GenerationLoop(ModelLoop):
             now = time.perf_counter()
             for generation in joining:
                 metrics.queue_wait_seconds.labels(self.model).observe(now - generation.enqueued)
-            def publish_soon(steps: _Steps) -> None:
-                loop.call_soon_threadsafe(self._publish, steps)
-
             try:
                 steps = await loop.run_in_executor(self._executor, self._run_steps, joining,
                                                    publish_soon)
