@@ -38,12 +38,13 @@ from service import metrics
 from service.batching import Batcher
 from service.config import Settings
 from service.generation import GenerationLoop
-from service.middleware import DirectEndpoints, EndpointMiddleware
+from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
 
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings.from_env()
+fix_bentoml_timeout_middleware()
 REQUESTS = request_models(SETTINGS)
 WARM_UP_TEXT = "A warm-up sentence."
 TRACING_EXCLUDED = ("/sentiment", "/translate", "/generate")  # /generate covers /generate_stream

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from service import metrics
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,57 @@ def json_body(content: Any) -> bytes:
 
 
 INTERNAL_ERROR = json_body({"error": "An unexpected error has occurred, please check the server log."})
+
+
+async def timeout_middleware_call(self: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """BentoML 1.4's TimeoutMiddleware.__call__ (504 when no answer has started after
+    `self.timeout` seconds), with its timer cancelled once the request is done.
+
+    BentoML's own leaves every request's timer handle scheduled for the full timeout (60 s by
+    default), holding a future, a context and a bound method: at 2,000 requests/s, ~700,000 live
+    objects that each full garbage collection walks, so collections grew to 100-160 ms stalls and
+    /sentiment's p99 at c=64 rose run after run (68 -> 171 ms in 40 s of load). Also unlike
+    BentoML's, a request that ends without answering (the client went away, or the app raised
+    before its first message) releases the middleware at once instead of when the timer fires.
+    """
+    if scope["type"] not in ("http", "websocket"):
+        await self.app(scope, receive, send)
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+    async def send_and_release(message: dict[str, Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+        await send(message)
+
+    task = asyncio.ensure_future(self.app(scope, receive, send_and_release))
+    task.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))
+    try:
+        await waiter
+    except TimeoutError:
+        if task.cancel():
+            answer = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
+                                  status_code=504)
+            await answer(scope, receive, send)
+            return
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        timer.cancel()
+    await task
+
+
+def fix_bentoml_timeout_middleware() -> None:
+    """Make BentoML's TimeoutMiddleware cancel its timers (timeout_middleware_call)."""
+    from bentoml._internal.server.http import traffic
+
+    if not hasattr(traffic.TimeoutMiddleware, "_set_timer_out"):
+        raise RuntimeError("bentoml's TimeoutMiddleware changed: review service.middleware."
+                           "timeout_middleware_call against it")
+    traffic.TimeoutMiddleware.__call__ = timeout_middleware_call
 
 
 class EndpointMiddleware:

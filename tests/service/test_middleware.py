@@ -1,4 +1,5 @@
-"""service.middleware.DirectEndpoints: BentoML's statuses and bodies, without BentoML's route."""
+"""service.middleware: DirectEndpoints (BentoML's statuses and bodies, without BentoML's route) and
+the fixed TimeoutMiddleware (504 as BentoML's, without leaving a timer behind per request)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from types import SimpleNamespace
 
 import bentoml
 import pytest
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from pydantic import BaseModel, ConfigDict
 
 from service.batching import Overloaded
-from service.middleware import DirectEndpoints
+from service.middleware import DirectEndpoints, fix_bentoml_timeout_middleware
 
 
 class EchoRequest(BaseModel):
@@ -105,3 +107,87 @@ def test_overload_is_429_and_a_bug_is_500_without_details(app):
 def test_other_methods_and_paths_go_to_bentoml(app):
     assert call(app, "GET", "/echo", b"")[2] == b"from BentoML"
     assert call(app, "POST", "/other", b"{}")[2] == b"from BentoML"
+
+
+# -- the timeout middleware ----------------------------------------------------------------------
+
+def through_timeout(app, timeout: float) -> tuple[list[dict], list[asyncio.TimerHandle]]:
+    """The messages `app` sent through BentoML's TimeoutMiddleware (fixed), and the timers the
+    middleware scheduled, as the request left them."""
+    fix_bentoml_timeout_middleware()
+    sent: list[dict] = []
+    timers: list[asyncio.TimerHandle] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
+
+        def recording_call_later(*args, **kwargs):
+            timers.append(call_later(*args, **kwargs))
+            return timers[-1]
+
+        loop.call_later = recording_call_later
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+        await TimeoutMiddleware(app, timeout=timeout)(scope, receive, send)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    return sent, timers
+
+
+async def answer_ok(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_finished_request_leaves_no_timer_scheduled():
+    # BentoML's own left each request's 60 s timer (and its future) alive: a leak that made
+    # garbage collections ever longer under load
+    sent, timers = through_timeout(answer_ok, timeout=60)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert len(timers) == 1 and timers[0].cancelled()
+
+
+def test_no_answer_started_within_the_timeout_is_504_and_the_app_is_cancelled():
+    cancelled = []
+
+    async def slow(scope, receive, send):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    sent, _ = through_timeout(slow, timeout=0.05)
+    assert sent[0]["status"] == 504
+    assert json.loads(sent[1]["body"]) == {"error": "Not able to process the request in 0.05 seconds"}
+    assert cancelled == [True]
+
+
+def test_an_answer_started_in_time_may_finish_after_the_timeout():
+    async def streaming(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b"late but whole"})
+
+    sent, _ = through_timeout(streaming, timeout=0.05)
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"late but whole"
+
+
+def test_an_app_that_ends_without_answering_releases_the_request_at_once():
+    async def gone(scope, receive, send):
+        return  # as DirectEndpoints does when the client went away
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug before the first message")
+
+    # with a 60 s timeout, through_timeout's 5 s limit fails unless both end at once
+    sent, timers = through_timeout(gone, timeout=60)
+    assert sent == [] and timers[0].cancelled()
+    with pytest.raises(RuntimeError, match="a bug before the first message"):
+        through_timeout(broken, timeout=60)
