@@ -67,6 +67,8 @@ BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES":
 INT8 = "int8"  # the service variant with RNNSERVE_PRECISION=int8
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
+GC_LONG_S = 0.025  # a garbage collection pause this long shows in the tail (a bucket bound)
+GC_FLUSH_S = 0.3  # the service puts the pauses on /metrics every 0.25 s (service.metrics.GCPauses)
 
 
 @dataclass(frozen=True)
@@ -239,13 +241,15 @@ class Server:
         return total
 
     def metrics(self) -> dict[tuple[str, str], float]:
-        """From /metrics: rnnserve_batch_size sum and count per model label, and
-        ("in_progress", "") = the requests BentoML counts as in progress."""
+        """From /metrics: rnnserve_batch_size sum and count per model label,
+        ("in_progress", "") = the requests BentoML counts as in progress, ("gc", "sum") = seconds
+        of garbage collection pauses and ("gc", "over") = pauses over GC_LONG_S, all generations."""
         connection = http.client.HTTPConnection(self.url.removeprefix("http://"), timeout=10)
         connection.request("GET", "/metrics")
         text = connection.getresponse().read().decode()
         connection.close()
-        found: dict[tuple[str, str], float] = {("in_progress", ""): 0.0}
+        found: dict[tuple[str, str], float] = {("in_progress", ""): 0.0, ("gc", "sum"): 0.0,
+                                               ("gc", "over"): 0.0}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if family.name == "rnnserve_batch_size" and sample.name.endswith(("_sum", "_count")):
@@ -253,6 +257,13 @@ class Server:
                     found[key] = found.get(key, 0.0) + sample.value
                 elif sample.name == "bentoml_service_request_in_progress":
                     found[("in_progress", "")] += sample.value
+                elif sample.name == "rnnserve_gc_pause_seconds_sum":
+                    found[("gc", "sum")] += sample.value
+                elif sample.name == "rnnserve_gc_pause_seconds_count":
+                    found[("gc", "over")] += sample.value
+                elif (sample.name == "rnnserve_gc_pause_seconds_bucket"
+                      and float(sample.labels["le"]) == GC_LONG_S):
+                    found[("gc", "over")] -= sample.value
         return found
 
     def wait_idle(self, timeout_s: float = 180) -> None:
@@ -318,6 +329,8 @@ class Point:
     wrk_cpu_percent: float  # of one core
     server_cpu_percent: float  # of one core, all server processes
     mean_batch: float | None  # items per model batch (sequences per step for generation)
+    gc_ms_per_s: float | None = None  # garbage collection pauses, all workers (None: not exported)
+    gc_long_pauses: int | None = None  # of them over GC_LONG_S
     ttft_ms: dict[str, float] = field(default_factory=dict)  # probe: p50, p95, count
 
 
@@ -381,7 +394,8 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
     if warmup_s > 0:
         run_wrk(server.url, endpoint.path, bodies_file, concurrency, warmup_s)
         server.wait_idle()
-    batches_before = server.metrics()
+    time.sleep(GC_FLUSH_S)
+    metrics_before = server.metrics()
     cpu_before = server.cpu_seconds()
     probe = FirstTokenProbe(server.url, probe_bodies) if probe_bodies else None
     if probe:
@@ -392,12 +406,13 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
         if probe:
             probe.__exit__()
     server_cpu = server.cpu_seconds() - cpu_before
-    batches_after = server.metrics()
     server.wait_idle()
-    batch_count = (batches_after.get((endpoint.model, "count"), 0)
-                   - batches_before.get((endpoint.model, "count"), 0))
-    batch_sum = (batches_after.get((endpoint.model, "sum"), 0)
-                 - batches_before.get((endpoint.model, "sum"), 0))
+    time.sleep(GC_FLUSH_S)
+    metrics_after = server.metrics()
+    batch_count = (metrics_after.get((endpoint.model, "count"), 0)
+                   - metrics_before.get((endpoint.model, "count"), 0))
+    batch_sum = (metrics_after.get((endpoint.model, "sum"), 0)
+                 - metrics_before.get((endpoint.model, "sum"), 0))
     duration = result["duration_us"] / 1e6
     errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
                                      "timeouts"))
@@ -409,6 +424,9 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
         p50_ms=result["p50_us"] / 1000, p95_ms=result["p95_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         wrk_cpu_percent=100 * wrk_cpu / duration, server_cpu_percent=100 * server_cpu / duration,
         mean_batch=batch_sum / batch_count if batch_count else None)
+    if metrics_after[("gc", "sum")] > 0:  # older commits do not export the pauses
+        point.gc_ms_per_s = 1000 * (metrics_after[("gc", "sum")] - metrics_before[("gc", "sum")]) / duration
+        point.gc_long_pauses = round(metrics_after[("gc", "over")] - metrics_before[("gc", "over")])
     if probe is not None:
         point.ttft_ms = {"p50": percentile(probe.times_ms, 0.5), "p95": percentile(probe.times_ms, 0.95),
                          "count": len(probe.times_ms)}
@@ -552,6 +570,13 @@ def target_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def gc_pauses(point: dict) -> str:
+    """"3.1 (0)": garbage collection ms per second of load (long pauses); "-" when not exported."""
+    if point.get("gc_ms_per_s") is None:
+        return "-"
+    return f"{point['gc_ms_per_s']:.1f} ({point['gc_long_pauses']})"
+
+
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Serving benchmark", "",
              f"Written by `{report['command']}` at {report['finished']}. Machine: "
@@ -606,8 +631,9 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle, "
                   f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
                   "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-                  f"| / {'int8 ' if variant == INT8 else ''}ceiling at batch c | server CPU | wrk CPU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| / {'int8 ' if variant == INT8 else ''}ceiling at batch c | server CPU | wrk CPU "
+                  f"| GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in result["points"]:
             ceiling = ceilings[p["endpoint"]].get(str(p["concurrency"]))
             ratio = f"{p['units_per_s'] / ceiling:.2f}" if ceiling else "-"
@@ -615,18 +641,19 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"| {p['endpoint']} | {p['concurrency']} | {p['requests_per_s']:.1f} | "
                          f"{p['units_per_s']:.0f} {ENDPOINTS[p['endpoint']].unit} | {p['p50_ms']:.1f} | "
                          f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} | {batch} | {ratio} | "
-                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% |")
+                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% | {gc_pauses(p)} |")
             if p["ttft_ms"]:
                 lines.append(f"| | | time to first token (probe): p50 {p['ttft_ms']['p50']:.1f} ms, "
                              f"p95 {p['ttft_ms']['p95']:.1f} ms over {p['ttft_ms']['count']} streams "
-                             "| | | | | | | | | |")
+                             "| | | | | | | | | | |")
     if report["comparisons"]:
         lines += ["", "## Before / after (same run)", "",
                   "Each row: the service at an earlier commit, or with other settings, against the "
                   "working tree with default settings (\"batching on\" above): same bodies, same "
                   "run; same models, except that a commit serves the models it shipped.", "",
-                  "| variant | endpoint | c | req/s | p50 ms | p99 ms | req/s: defaults now / variant |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | endpoint | c | req/s | p50 ms | p99 ms | req/s: defaults now / variant "
+                  f"| GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
+                  "|---|---|---|---|---|---|---|---|"]
         current = report["service"]["batching on"]
         for variant, result in report["comparisons"].items():
             for p in result["points"]:
@@ -634,11 +661,12 @@ def write_markdown(report: dict, path: Path) -> None:
                 ratio = (f"{now['requests_per_s'] / p['requests_per_s']:.2f}"
                          if now and p["requests_per_s"] else "-")
                 lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
-                             f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} |")
+                             f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} | "
+                             f"{gc_pauses(p)} |")
                 if p["ttft_ms"]:
                     then = now["ttft_ms"]["p50"] if now and now["ttft_ms"] else None
                     lines.append(f"| | | | time to first token (probe) p50 {p['ttft_ms']['p50']:.1f} ms"
-                                 + (f", defaults now {then:.1f} ms" if then else "") + " | | | |")
+                                 + (f", defaults now {then:.1f} ms" if then else "") + " | | | | |")
     steps = [name for name in report["comparisons"] if name.startswith("commit ")]
     if steps:
         chain = [*steps, "batching on"]
@@ -661,7 +689,9 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", "Units: sentences for sentiment and translation, characters (tokens) for generation. "
               "`/ ceiling at batch c` divides the service's units/s by the in-process figure at the batch "
               "size equal to the concurrency. CPU figures are percent of one core over the measured "
-              "seconds.", ""]
+              "seconds. GC: milliseconds of garbage collection pauses per second of load, summed over "
+              "the workers (rnnserve_gc_pause_seconds), with the count of pauses longer than "
+              f"{GC_LONG_S * 1000:.0f} ms.", ""]
     path.write_text("\n".join(lines))
 
 

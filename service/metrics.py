@@ -7,6 +7,11 @@ Gauges therefore declare how workers combine. Alert rules and dashboards use the
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # 1 .. 512 items, powers of two
@@ -36,8 +41,52 @@ errors = Counter("rnnserve_errors", "Failed requests by endpoint and kind (valid
                  "client, overloaded, timeout, internal)", ["endpoint", "kind"])
 active_sequences = Gauge("rnnserve_active_sequences", "Sequences in the running generation "
                          "batch", multiprocess_mode="livesum")
+gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collection pauses of "
+                             "the workers, by generation (2: full)", ["generation"],
+                             buckets=SECONDS_BUCKETS)
 model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
                    multiprocess_mode="livemax")
+
+
+class GCPauses:
+    """Times every garbage collection of this process into rnnserve_gc_pause_seconds.
+
+    A collection stops every thread of the worker, so long ones show up directly in the tail
+    latency. The callback only notes the pause: it runs inside whatever allocation triggered the
+    collection, possibly while prometheus_client holds its non-reentrant lock, so the histogram is
+    updated later, by `flush` (from `run`, on the event loop).
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
+
+    def install(self) -> None:
+        gc.callbacks.append(self._on_collection)
+
+    def uninstall(self) -> None:
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._pending.append((info["generation"], time.perf_counter() - self._started))
+
+    def flush(self) -> None:
+        while self._pending:
+            generation, seconds = self._pending.popleft()
+            gc_pause_seconds.labels(str(generation)).observe(seconds)
+
+    async def run(self, interval_s: float = 0.25) -> None:
+        """Flush every `interval_s` seconds, until cancelled."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                self.flush()
+        finally:
+            self.flush()
 
 
 VALIDATION_STATUSES = frozenset({400, 413, 415, 422})
