@@ -148,21 +148,19 @@ class SentimentClassifier:
 
     @staticmethod
     def collate(texts: list[EncodedText]) -> Batch:
-        lengths = torch.tensor([len(t) for t in texts])
-        longest = int(lengths.max())
-        tokens = torch.full((len(texts), longest), PAD_ID, dtype=torch.long)
-        for row, text in enumerate(texts):
-            tokens[row, : len(text)] = torch.tensor(text.words)
+        """The padded batch, built as Python lists and turned into tensors once each: a torch
+        call per row would be hundreds of calls per batch, each of which gives up and takes back
+        the GIL (a serving thread waits for it while the event loop runs)."""
+        lengths = [len(t) for t in texts]
+        longest = max(lengths)
+        tokens = torch.tensor([t.words + [PAD_ID] * (longest - len(t)) for t in texts], dtype=torch.long)
         if not any(text.subwords for text in texts):
-            return Batch(tokens, lengths)
-        sizes = torch.zeros(len(texts), longest, dtype=torch.long)  # bag sizes; padding's are 0
-        ids: list[int] = []
-        for row, text in enumerate(texts):
-            sizes[row, : len(text)] = torch.tensor([len(bag) for bag in text.subwords])
-            for bag in text.subwords:
-                ids.extend(bag)
-        sizes = sizes.flatten()
-        return Batch(tokens, lengths, (torch.tensor(ids, dtype=torch.long), sizes.cumsum(0) - sizes))
+            return Batch(tokens, torch.tensor(lengths))
+        # one bag per position, row-major; padding's bags are empty
+        sizes = torch.tensor([len(bag) for text in texts
+                              for bag in [*text.subwords, *[()] * (longest - len(text))]], dtype=torch.long)
+        ids = torch.tensor([i for text in texts for bag in text.subwords for i in bag], dtype=torch.long)
+        return Batch(tokens, torch.tensor(lengths), (ids, sizes.cumsum(0) - sizes))
 
     def logits(self, batch: Batch) -> Tensor:
         return self.module(batch.tokens, batch.lengths, batch.subwords)
