@@ -240,6 +240,16 @@ class Server:
                 pass
         return total
 
+    def connections_per_worker(self) -> list[int]:
+        """Established client connections each worker holds, most first (workers with none too)."""
+        port = int(self.url.rsplit(":", 1)[1])
+        counts = []
+        for process in self.processes()[1:]:
+            with suppress(psutil.NoSuchProcess):
+                counts.append(sum(1 for c in process.net_connections("tcp")
+                                  if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port))
+        return sorted(counts, reverse=True)
+
     def metrics(self) -> dict[tuple[str, str], float]:
         """From /metrics: rnnserve_batch_size sum and count per model label,
         ("in_progress", "") = the requests BentoML counts as in progress, ("gc", "sum") = seconds
@@ -329,6 +339,7 @@ class Point:
     wrk_cpu_percent: float  # of one core
     server_cpu_percent: float  # of one core, all server processes
     mean_batch: float | None  # items per model batch (sequences per step for generation)
+    connections: list[int] = field(default_factory=list)  # held per worker mid-run, most first
     gc_ms_per_s: float | None = None  # garbage collection pauses, all workers (None: not exported)
     gc_long_pauses: int | None = None  # of them over GC_LONG_S
     ttft_ms: dict[str, float] = field(default_factory=dict)  # probe: p50, p95, count
@@ -400,9 +411,14 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
     probe = FirstTokenProbe(server.url, probe_bodies) if probe_bodies else None
     if probe:
         probe.__enter__()
+    split: list[list[int]] = []
+    # how wrk's connections are spread over the workers, once they are all open
+    sampler = threading.Timer(min(2.0, seconds / 2), lambda: split.append(server.connections_per_worker()))
+    sampler.start()
     try:
         result, wrk_cpu = run_wrk(server.url, endpoint.path, bodies_file, concurrency, seconds)
     finally:
+        sampler.cancel()
         if probe:
             probe.__exit__()
     server_cpu = server.cpu_seconds() - cpu_before
@@ -423,7 +439,7 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
         units_per_s=good * endpoint.items_per_request / duration,
         p50_ms=result["p50_us"] / 1000, p95_ms=result["p95_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         wrk_cpu_percent=100 * wrk_cpu / duration, server_cpu_percent=100 * server_cpu / duration,
-        mean_batch=batch_sum / batch_count if batch_count else None)
+        mean_batch=batch_sum / batch_count if batch_count else None, connections=split[0] if split else [])
     if metrics_after[("gc", "sum")] > 0:  # older commits do not export the pauses
         point.gc_ms_per_s = 1000 * (metrics_after[("gc", "sum")] - metrics_before[("gc", "sum")]) / duration
         point.gc_long_pauses = round(metrics_after[("gc", "over")] - metrics_before[("gc", "over")])
@@ -570,6 +586,11 @@ def target_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def split(point: dict) -> str:
+    """"33/31": wrk's connections held by each worker mid-run; "-" when not sampled."""
+    return "/".join(map(str, point.get("connections") or [])) or "-"
+
+
 def gc_pauses(point: dict) -> str:
     """"3.1 (0)": garbage collection ms per second of load (long pauses); "-" when not exported."""
     if point.get("gc_ms_per_s") is None:
@@ -632,8 +653,8 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
                   "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
                   f"| / {'int8 ' if variant == INT8 else ''}ceiling at batch c | server CPU | wrk CPU "
-                  f"| GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| connections per worker | GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in result["points"]:
             ceiling = ceilings[p["endpoint"]].get(str(p["concurrency"]))
             ratio = f"{p['units_per_s'] / ceiling:.2f}" if ceiling else "-"
@@ -641,19 +662,20 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"| {p['endpoint']} | {p['concurrency']} | {p['requests_per_s']:.1f} | "
                          f"{p['units_per_s']:.0f} {ENDPOINTS[p['endpoint']].unit} | {p['p50_ms']:.1f} | "
                          f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} | {batch} | {ratio} | "
-                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% | {gc_pauses(p)} |")
+                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% | {split(p)} | "
+                         f"{gc_pauses(p)} |")
             if p["ttft_ms"]:
                 lines.append(f"| | | time to first token (probe): p50 {p['ttft_ms']['p50']:.1f} ms, "
                              f"p95 {p['ttft_ms']['p95']:.1f} ms over {p['ttft_ms']['count']} streams "
-                             "| | | | | | | | | | |")
+                             "| | | | | | | | | | | |")
     if report["comparisons"]:
         lines += ["", "## Before / after (same run)", "",
                   "Each row: the service at an earlier commit, or with other settings, against the "
                   "working tree with default settings (\"batching on\" above): same bodies, same "
                   "run; same models, except that a commit serves the models it shipped.", "",
                   "| variant | endpoint | c | req/s | p50 ms | p99 ms | req/s: defaults now / variant "
-                  f"| GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| connections per worker | GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         current = report["service"]["batching on"]
         for variant, result in report["comparisons"].items():
             for p in result["points"]:
@@ -662,11 +684,11 @@ def write_markdown(report: dict, path: Path) -> None:
                          if now and p["requests_per_s"] else "-")
                 lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
                              f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} | "
-                             f"{gc_pauses(p)} |")
+                             f"{split(p)} | {gc_pauses(p)} |")
                 if p["ttft_ms"]:
                     then = now["ttft_ms"]["p50"] if now and now["ttft_ms"] else None
                     lines.append(f"| | | | time to first token (probe) p50 {p['ttft_ms']['p50']:.1f} ms"
-                                 + (f", defaults now {then:.1f} ms" if then else "") + " | | | | |")
+                                 + (f", defaults now {then:.1f} ms" if then else "") + " | | | | | |")
     steps = [name for name in report["comparisons"] if name.startswith("commit ")]
     if steps:
         chain = [*steps, "batching on"]
@@ -689,9 +711,10 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", "Units: sentences for sentiment and translation, characters (tokens) for generation. "
               "`/ ceiling at batch c` divides the service's units/s by the in-process figure at the batch "
               "size equal to the concurrency. CPU figures are percent of one core over the measured "
-              "seconds. GC: milliseconds of garbage collection pauses per second of load, summed over "
-              "the workers (rnnserve_gc_pause_seconds), with the count of pauses longer than "
-              f"{GC_LONG_S * 1000:.0f} ms.", ""]
+              "seconds. Connections per worker: how wrk's connections were spread over the server's "
+              "workers, sampled once during the run. GC: milliseconds of garbage collection pauses "
+              "per second of load, summed over the workers (rnnserve_gc_pause_seconds), with the "
+              f"count of pauses longer than {GC_LONG_S * 1000:.0f} ms.", ""]
     path.write_text("\n".join(lines))
 
 

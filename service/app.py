@@ -41,11 +41,14 @@ from service.config import Settings
 from service.generation import GenerationLoop
 from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
+from service.sockets import balance_connections
 
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings.from_env()
 fix_bentoml_timeout_middleware()
+if SETTINGS.listen == "per-worker":
+    balance_connections(SETTINGS.workers)  # in a worker, before BentoML wraps its socket
 REQUESTS = request_models(SETTINGS)
 WARM_UP_TEXT = "A warm-up sentence."
 TRACING_EXCLUDED = ("/sentiment", "/translate", "/generate")  # /generate covers /generate_stream

@@ -50,6 +50,9 @@ class Settings:
     # processes
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
     workers: int = setting(1, "worker processes, each with its own copy of the models", 1)
+    listen: str = setting("per-worker", "with several workers, per-worker: each listens on its own "
+                          "SO_REUSEPORT socket and the kernel spreads connections evenly (Linux); "
+                          "shared: all accept from BentoML's one socket", choices=("per-worker", "shared"))
     timeout_s: float = setting(60.0, "a request still running after this long gets 504", 1)
     # request limits
     max_texts: int = setting(64, "most texts in one /sentiment or /translate request", 1)

@@ -24,7 +24,8 @@ CEILING = {name: {str(b): 100.0 * b for b in CEILING_BATCHES}
            for name in ("sentiment", "translate", "generate")}
 SERVICE = {"settings": {}, "cold_start_s": 6.0, "rss_mb_idle": 900.0, "rss_mb_after_load": 1000.0,
            "points": [point("sentiment", 1, 400, 2.5, 5),
-                      {**point("sentiment", 64, 2600, 40, 60), "gc_ms_per_s": 3.14, "gc_long_pauses": 2},
+                      {**point("sentiment", 64, 2600, 40, 60), "gc_ms_per_s": 3.14, "gc_long_pauses": 2,
+                       "connections": [33, 31]},
                       point("translate", 16, 1000, 10, 20),
                       {**point("generate", 16, 10, 800, 900, units=200),
                        "ttft_ms": {"p50": 30.0, "p95": 40.0, "count": 10}}]}
@@ -67,9 +68,9 @@ def test_markdown_has_every_section(tmp_path):
     # the int8 server is divided by the int8 ceiling: c=64 sentiment 2600 / (2 x 6400)
     int8_section = text.split("## Service: int8")[1]
     assert ("| sentiment | 64 | 2600.0 | 2600 sentences | 40.0 | 60.0 | 60.0 | 0 | 64.0 | 0.20 | 100% | 3% "
-            "| 3.1 (2) |" in int8_section)
-    # garbage collection pauses: "-" where a server (an older commit) does not export them
-    assert ("| sentiment | 1 | 400.0 | 400 sentences | 2.5 | 5.0 | 5.0 | 0 | 1.0 | 4.00 | 100% | 3% | - |"
+            "| 33/31 | 3.1 (2) |" in int8_section)
+    # connections and garbage collection pauses: "-" where not sampled or not exported (older commits)
+    assert ("| sentiment | 1 | 400.0 | 400 sentences | 2.5 | 5.0 | 5.0 | 0 | 1.0 | 4.00 | 100% | 3% | - | - |"
             in text)
     assert "| commit abc | working tree | - | - | 2.00 |" in text
 

@@ -1,0 +1,106 @@
+"""service.sockets: each worker listens on its own SO_REUSEPORT socket, so that the kernel spreads
+connections over the workers instead of the first awake worker taking them all."""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import socket
+import sys
+import time
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+from serving_helpers import running_server
+
+from service.sockets import listen_on_own_socket, worker_fd
+
+WORKER = "/venv/lib/python3.11/site-packages/_bentoml_impl/worker/service.py"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balances on Linux")
+
+
+def test_the_fd_is_read_only_in_a_bentoml_worker():
+    assert worker_fd([WORKER, "service.app:RNNServe", "--fd", "7", "--backlog", "2048"]) == 7
+    assert worker_fd(["/venv/bin/bentoml", "serve", "service.app:RNNServe", "--fd", "7"]) is None
+    assert worker_fd([WORKER, "service.app:RNNServe"]) is None
+    assert worker_fd([]) is None
+
+
+def accept_all(fd: int, name: str, results) -> None:
+    """A worker: take over the shared socket at `fd`, accept until idle for 1.5 s, report."""
+    took_over = listen_on_own_socket(fd)
+    own = socket.socket(fileno=fd)
+    own.settimeout(1.5)
+    accepted = []
+    try:
+        while True:
+            accepted.append(own.accept()[0])
+    except TimeoutError:
+        pass
+    results.put((name, took_over, len(accepted)))
+
+
+def connect(port: int, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def test_workers_share_the_connections_and_a_restarted_worker_takes_its_part():
+    # as BentoML's arbiter: one socket, bound and listening, inherited by every worker
+    shared = socket.socket()
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    shared.bind(("127.0.0.1", 0))
+    shared.listen(128)
+    port = shared.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=accept_all, args=(shared.fileno(), f"worker {i}", results))
+               for i in (1, 2)]
+    for worker in workers:
+        worker.start()
+        time.sleep(0.3)  # circus starts workers one after another
+    clients = connect(port, 64)
+    counts = sorted(results.get(timeout=30) for _ in workers)
+    for worker in workers:
+        worker.join(10)
+    # the kernel hashes each connection to one worker: 64 land as Binomial(64, 1/2);
+    # below 16 on one side has a probability of ~1e-5. None stays in the shared socket.
+    assert [took_over for _, took_over, _ in counts] == [True, True]
+    assert sum(n for _, _, n in counts) == 64
+    assert min(n for _, _, n in counts) >= 16, counts
+    # a worker started later (a restart) finds the shared socket stopped and still takes over
+    restarted = context.Process(target=accept_all, args=(shared.fileno(), "restarted", results))
+    restarted.start()
+    time.sleep(0.3)
+    clients += connect(port, 4)
+    assert results.get(timeout=30) == ("restarted", True, 4)
+    restarted.join(10)
+    for client in clients:
+        client.close()
+    shared.close()
+
+
+def test_a_socket_that_is_not_a_tcp_listener_is_left_alone():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert not listen_on_own_socket(udp.fileno())
+    udp.close()
+
+
+def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path):
+    with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2") as url:
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        connections = [http.client.HTTPConnection(host, port, timeout=30) for _ in range(64)]
+        for connection in connections:  # keep-alive: each stays open after its answer
+            connection.request("GET", "/readyz")
+            assert connection.getresponse().read() is not None
+        server = next(p for p in psutil.process_iter(["cmdline"])
+                      if p.info["cmdline"] and "serve" in p.info["cmdline"]
+                      and str(port) in p.info["cmdline"])
+        held = sorted(sum(1 for c in worker.net_connections("tcp")
+                          if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+                      for worker in server.children(recursive=True))
+        for connection in connections:
+            connection.close()
+    assert sum(held) == 64 and len([n for n in held if n]) == 2
+    assert min(n for n in held if n) >= 16, held
