@@ -2,10 +2,11 @@
 over the workers.
 
 BentoML's arbiter binds one socket and passes it to every worker (`--fd N`). The worker that
-wakes first accepts every connection waiting, so long-lived connections split unevenly: 64
-connections from one client landed 42/22, 57/7 and even 64/0 on two workers, and the loaded
-worker, with two or three times the other's batch, sets the p99 (the bench's "connections"
-column shows the split of each run).
+wakes first accepts every connection waiting, so long-lived connections split unevenly: in the
+bench of 2026-11-29 10:03 (reports/bench/bench.md, "connections per worker") wrk's 64 connections
+landed 47/17 and 57/7 on the two workers, its 16 landed 16/0, and the loaded worker, with two
+or three times the other's batch, set the p99; on the workers' own sockets they landed 36/28,
+35/29 and 33/31.
 
 `listen_on_own_socket` runs in a worker as BentoML loads the service, before the worker wraps
 the fd into its server. It binds a socket of the worker's own to the same address with
@@ -35,13 +36,11 @@ def worker_fd(argv: Sequence[str]) -> int | None:
     """The listening fd a BentoML worker was started with (`--fd N`), or None outside one."""
     if not argv or Path(argv[0]).parts[-3:] != WORKER_SCRIPT:
         return None
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == "--fd":
-            return int(value)
-    return None
+    return argument(argv, "--fd", None)
 
 
-def argument(argv: Sequence[str], flag: str, default: int) -> int:
+def argument(argv: Sequence[str], flag: str, default: int | None) -> int | None:
+    """The integer after `flag` in `argv`, or `default`."""
     for name, value in zip(argv, argv[1:], strict=False):
         if name == flag:
             return int(value)
@@ -72,6 +71,8 @@ def listen_on_own_socket(fd: int, backlog: int = BACKLOG) -> bool:
             own.listen(backlog)
             os.dup2(own.fileno(), fd, inheritable=os.get_inheritable(fd))
         except OSError as error:
+            if not listening:  # an earlier worker stopped the shared socket: this one would be deaf
+                raise RuntimeError(f"worker {os.getpid()} cannot listen on {address}: {error}") from error
             log.warning("worker %d keeps the shared listening socket: %s", os.getpid(), error)
             return False
         finally:
