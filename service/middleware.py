@@ -30,9 +30,9 @@ async def timeout_middleware_call(self: Any, scope: dict[str, Any], receive: Any
     `self.timeout` seconds), with its timer cancelled once the request is done.
 
     BentoML's own leaves every request's timer handle scheduled for the full timeout (60 s by
-    default), holding a future, a context and a bound method: at 2,000 requests/s, ~700,000 live
-    objects that each full garbage collection walks, so collections grew to 100-160 ms stalls and
-    /sentiment's p99 at c=64 rose run after run (68 -> 171 ms in 40 s of load). Also unlike
+    default), holding a future, a context and a bound method: at 2,000 requests/s, 120,000 timers
+    and several times as many objects alive, which every full garbage collection walks, so under
+    steady load the worker stalled longer and longer at each one. Also unlike
     BentoML's, a request that ends without answering (the client went away, or the app raised
     before its first message) releases the middleware at once instead of when the timer fires.
     """
