@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 RNNSERVE_METRICS = ("rnnserve_batch_size", "rnnserve_padding_efficiency", "rnnserve_queue_wait_seconds",
                     "rnnserve_compute_seconds", "rnnserve_input_length",
                     "rnnserve_generated_tokens_total", "rnnserve_time_to_first_token_seconds",
-                    "rnnserve_errors_total", "rnnserve_active_sequences", "rnnserve_model_info")
+                    "rnnserve_errors_total", "rnnserve_active_sequences", "rnnserve_model_info",
+                    "rnnserve_gc_pause_seconds")
 REVIEWS = ["a good film", "", "It's not very funny, but the plot is great!",
            "boring boring boring and long " * 8, "the actor was awful", "Ünïcödé ✓ text", "fine"]
 GERMAN = ["ein mann fährt fahrrad", "", "der film ist gut und nicht lang",
