@@ -411,9 +411,9 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
     probe = FirstTokenProbe(server.url, probe_bodies) if probe_bodies else None
     if probe:
         probe.__enter__()
-    split: list[list[int]] = []
+    spread: list[list[int]] = []
     # how wrk's connections are spread over the workers, once they are all open
-    sampler = threading.Timer(min(2.0, seconds / 2), lambda: split.append(server.connections_per_worker()))
+    sampler = threading.Timer(min(2.0, seconds / 2), lambda: spread.append(server.connections_per_worker()))
     sampler.start()
     try:
         result, wrk_cpu = run_wrk(server.url, endpoint.path, bodies_file, concurrency, seconds)
@@ -439,7 +439,7 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
         units_per_s=good * endpoint.items_per_request / duration,
         p50_ms=result["p50_us"] / 1000, p95_ms=result["p95_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         wrk_cpu_percent=100 * wrk_cpu / duration, server_cpu_percent=100 * server_cpu / duration,
-        mean_batch=batch_sum / batch_count if batch_count else None, connections=split[0] if split else [])
+        mean_batch=batch_sum / batch_count if batch_count else None, connections=spread[0] if spread else [])
     if metrics_after[("gc", "sum")] > 0:  # older commits do not export the pauses
         point.gc_ms_per_s = 1000 * (metrics_after[("gc", "sum")] - metrics_before[("gc", "sum")]) / duration
         point.gc_long_pauses = round(metrics_after[("gc", "over")] - metrics_before[("gc", "over")])
@@ -586,7 +586,7 @@ def target_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def split(point: dict) -> str:
+def connection_split(point: dict) -> str:
     """"33/31": wrk's connections held by each worker mid-run; "-" when not sampled."""
     return "/".join(map(str, point.get("connections") or [])) or "-"
 
@@ -662,8 +662,8 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"| {p['endpoint']} | {p['concurrency']} | {p['requests_per_s']:.1f} | "
                          f"{p['units_per_s']:.0f} {ENDPOINTS[p['endpoint']].unit} | {p['p50_ms']:.1f} | "
                          f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} | {batch} | {ratio} | "
-                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% | {split(p)} | "
-                         f"{gc_pauses(p)} |")
+                         f"{p['server_cpu_percent']:.0f}% | {p['wrk_cpu_percent']:.0f}% | "
+                         f"{connection_split(p)} | {gc_pauses(p)} |")
             if p["ttft_ms"]:
                 lines.append(f"| | | time to first token (probe): p50 {p['ttft_ms']['p50']:.1f} ms, "
                              f"p95 {p['ttft_ms']['p95']:.1f} ms over {p['ttft_ms']['count']} streams "
@@ -684,7 +684,7 @@ def write_markdown(report: dict, path: Path) -> None:
                          if now and p["requests_per_s"] else "-")
                 lines.append(f"| {variant} | {p['endpoint']} | {p['concurrency']} | "
                              f"{p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {ratio} | "
-                             f"{split(p)} | {gc_pauses(p)} |")
+                             f"{connection_split(p)} | {gc_pauses(p)} |")
                 if p["ttft_ms"]:
                     then = now["ttft_ms"]["p50"] if now and now["ttft_ms"] else None
                     lines.append(f"| | | | time to first token (probe) p50 {p['ttft_ms']['p50']:.1f} ms"

@@ -151,16 +151,16 @@ class SentimentClassifier:
         """The padded batch, built as Python lists and turned into tensors once each: a torch
         call per row would be hundreds of calls per batch, each of which gives up and takes back
         the GIL (a serving thread waits for it while the event loop runs)."""
-        lengths = [len(t) for t in texts]
-        longest = max(lengths)
+        longest = max(len(t) for t in texts)
         tokens = torch.tensor([t.words + [PAD_ID] * (longest - len(t)) for t in texts], dtype=torch.long)
+        lengths = torch.tensor([len(t) for t in texts])
         if not any(text.subwords for text in texts):
-            return Batch(tokens, torch.tensor(lengths))
+            return Batch(tokens, lengths)
         # one bag per position, row-major; padding's bags are empty
         sizes = torch.tensor([len(bag) for text in texts
                               for bag in [*text.subwords, *[()] * (longest - len(text))]], dtype=torch.long)
         ids = torch.tensor([i for text in texts for bag in text.subwords for i in bag], dtype=torch.long)
-        return Batch(tokens, torch.tensor(lengths), (ids, sizes.cumsum(0) - sizes))
+        return Batch(tokens, lengths, (ids, sizes.cumsum(0) - sizes))
 
     def logits(self, batch: Batch) -> Tensor:
         return self.module(batch.tokens, batch.lengths, batch.subwords)

@@ -12,7 +12,6 @@ timeout) and the request schemas (limits) need them before any instance exists.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -137,7 +136,6 @@ class RNNServe:
         # whose full passes otherwise stall the worker ~150 ms every few seconds under load.
         gc.freeze()
         self._gc_pauses = metrics.GCPauses()
-        self._gc_task: asyncio.Task[None] | None = None
 
     def _warm_up(self) -> None:
         """One call of every model, so the first request does not pay for lazy initialisation."""
@@ -150,8 +148,7 @@ class RNNServe:
     async def start_batching(self) -> None:
         for loop in self._loops:
             loop.start()
-        self._gc_pauses.install()
-        self._gc_task = asyncio.get_running_loop().create_task(self._gc_pauses.run(), name="gc-pauses")
+        self._gc_pauses.start()
         self._started = True
         log.info("models loaded and warmed; batching started")
 
@@ -159,10 +156,7 @@ class RNNServe:
     async def stop_batching(self) -> None:
         for loop in self._loops:
             await loop.close()
-        self._gc_pauses.uninstall()
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            await asyncio.gather(self._gc_task, return_exceptions=True)
+        await self._gc_pauses.close()
 
     def __is_alive__(self) -> bool:
         return not self._started or all(loop.running for loop in self._loops)

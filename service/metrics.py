@@ -60,6 +60,18 @@ class GCPauses:
     def __init__(self) -> None:
         self._started = 0.0
         self._pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Time collections from now on, flushing from a task on the running event loop."""
+        self.install()
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="gc-pauses")
+
+    async def close(self) -> None:
+        self.uninstall()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def install(self) -> None:
         gc.callbacks.append(self._on_collection)

@@ -13,7 +13,8 @@ the fd into its server. It binds a socket of the worker's own to the same addres
 SO_REUSEPORT, puts it in place of the shared fd (dup2), and stops the shared socket from
 listening; the kernel then hands each new connection to one of the workers' sockets by a hash
 of its addresses and ports. A worker restarted later does the same with the (no longer
-listening) shared socket. Linux only; anything unexpected leaves the shared socket as it is.
+listening) shared socket. Linux only. Anything unexpected leaves the shared socket as it is,
+except for a worker that could use neither socket: it fails at start rather than sit deaf.
 """
 
 from __future__ import annotations
