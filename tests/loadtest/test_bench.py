@@ -7,10 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # loadtest/ is not an installed package: import it from the repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loadtest.bench import CEILING_BATCHES, items_per_second, targets, write_markdown  # noqa: E402
+from loadtest.bench import (  # noqa: E402
+    CEILING_BATCHES,
+    batchmate_shift,
+    items_per_second,
+    targets,
+    write_markdown,
+)
 
 
 def point(endpoint: str, concurrency: int, rps: float, p50: float, p99: float, units: float = 1.0) -> dict:
@@ -117,3 +124,24 @@ def test_settings_parse_into_variables():
     assert parse_settings("") == {}
     assert parse_settings("RNNSERVE_WORKERS=2,RNNSERVE_PRECISION=int8") == {
         "RNNSERVE_WORKERS": "2", "RNNSERVE_PRECISION": "int8"}
+
+
+class BatchDependent:
+    """P(positive) = its own score, plus 0.1 x the batch's mean score (none alone: its own)."""
+
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+
+    def predict_proba(self, texts: list[str]) -> torch.Tensor:
+        own = torch.tensor([self.scores[text] for text in texts])
+        positive = own + 0.1 * (own.mean() - own)
+        return torch.stack([1 - positive, positive], dim=1)
+
+
+def test_batchmate_shift_measures_how_far_batchmates_move_an_answer():
+    texts = [f"review {i}" for i in range(64)]
+    scores = {text: 0.2 + 0.6 * (i % 2) for i, text in enumerate(texts)}  # 0.2, 0.8, ...
+    shift = batchmate_shift(BatchDependent(scores), texts)
+    # every batch of 32 has mean 0.5: each answer moves by 0.1 x 0.3
+    assert shift == pytest.approx({"median": 0.03, "p99": 0.03, "max": 0.03}, abs=1e-6)
+    assert batchmate_shift(BatchDependent({text: 0.5 for text in texts}), texts)["max"] == 0
