@@ -123,7 +123,9 @@ class RNNServe:
         batching = {"max_batch_size": settings.max_batch_size,
                     "max_batch_tokens": settings.max_batch_tokens,
                     "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue}
-        self.sentiment_batcher = Batcher(self.sentiment_ref.tag.name, self._classify, **batching)
+        self.sentiment_batcher = Batcher(self.sentiment_ref.tag.name, self._classify, **batching,
+                                         inline_max_tokens=settings.inline_max_tokens)
+        # a lone translation takes tens of milliseconds: always in the model's thread
         self.translate_batchers = {
             source: Batcher(ref.tag.name, self._translation_runner(source), **batching)
             for source, ref in (("de", self.translator_de_ref), ("ko", self.translator_ko_ref))}

@@ -91,6 +91,61 @@ def test_a_lone_request_is_not_delayed():
     assert recorder.batches == [[1, 2]]
 
 
+class ThreadRecorder(Recorder):
+    """A Recorder that also notes which thread ran each batch."""
+
+    def __init__(self, hold: bool = False):
+        super().__init__(hold)
+        self.threads: list[int] = []
+
+    def __call__(self, values: list[int]) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return super().__call__(values)
+
+
+def test_a_lone_short_item_runs_on_the_event_loop_thread():
+    recorder = ThreadRecorder()
+
+    async def scenario():
+        batcher = make_batcher(recorder, inline_max_tokens=8)
+        batcher.start()
+        answers = [await batcher.submit([1], [8]),  # idle, alone, short: inline
+                   await batcher.submit([2], [9]),  # longer than 8 tokens
+                   await batcher.submit([3, 4], [2, 2])]  # two items together
+        await batcher.close()
+        return answers, threading.get_ident()
+
+    answers, loop_thread = asyncio.run(scenario())
+    assert answers == [[2], [4], [6, 8]]
+    assert recorder.threads[0] == loop_thread
+    assert recorder.threads[1] != loop_thread and recorder.threads[2] != loop_thread
+
+
+def test_no_item_runs_inline_when_inlining_is_off_or_the_batcher_is_busy():
+    off, busy = ThreadRecorder(), ThreadRecorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(off)  # inline_max_tokens defaults to 0
+        batcher.start()
+        await batcher.submit([1], [1])
+        await batcher.close()
+        batcher = make_batcher(busy, inline_max_tokens=8)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([100], [50]))  # too long: model thread
+        await asyncio.to_thread(busy.started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([1], [1]))  # short, but queued behind a batch
+        await asyncio.sleep(0.02)
+        busy.release.set()
+        answers = await asyncio.gather(first, queued)
+        await batcher.close()
+        return answers, threading.get_ident()
+
+    answers, loop_thread = asyncio.run(scenario())
+    assert answers == [[200], [2]]
+    assert off.threads[0] != loop_thread
+    assert busy.batches == [[100], [1]] and loop_thread not in busy.threads
+
+
 def test_requests_queued_during_a_batch_run_together_next():
     recorder = Recorder(hold=True)
 
