@@ -9,9 +9,10 @@ How this one works:
 - one loop per model takes a batch and runs it in the model's own thread, so torch never blocks
   the event loop, and one batch per model is in flight at a time;
 - idle, the loop wakes on the first item and runs it at once: a lone request is never delayed.
-  A lone short item (at most `inline_max_tokens`) even runs on the event loop's own thread: that
-  skips two thread hand-offs (~0.4 ms of a ~3 ms answer at c=1, README "Performance") and blocks
-  the loop only for a short text's model time;
+  Under light load (the last batch was a lone item too), a lone short item (at most
+  `inline_max_tokens`) even runs on the event loop's own thread: that skips two thread hand-offs
+  (~0.25 ms of a ~2.7 ms answer at c=1, README "Performance") and blocks the loop only for a short
+  text's model time;
 - busy (items queued while the last batch ran), it may wait up to `max_wait_s` more for the
   batch to fill, because more requests are evidently arriving;
 - a batch starts with the oldest item (so nothing starves) and adds the queued items closest
@@ -160,7 +161,7 @@ class Batcher(ModelLoop, Generic[V, R]):
                 item.future.cancel()
 
     async def _loop(self) -> None:
-        busy = False
+        busy, last_size = False, 1
         while True:
             self._queue = [item for item in self._queue if not item.future.done()]
             if not self._queue:
@@ -176,10 +177,12 @@ class Batcher(ModelLoop, Generic[V, R]):
             batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
             taken = set(map(id, batch))
             self._queue = [item for item in self._queue if id(item) not in taken]
-            # woken from idle by one short item and nothing else: no batch to overlap with
-            inline = (not busy and not self._queue and len(batch) == 1
+            # Woken from idle by one short item and nothing else, after a batch of one: the load is
+            # light, with no other request to parse while the model runs. (After a larger batch,
+            # more requests are on their way, and a blocked loop would delay them.)
+            inline = (not busy and not self._queue and len(batch) == 1 and last_size == 1
                       and batch[0].length <= self._inline_max_tokens)
-            busy = True
+            busy, last_size = True, len(batch)
             await self._run(batch, inline)
 
     async def _wait_for_more(self) -> None:

@@ -39,11 +39,11 @@ class Settings:
                                     "(x widest beam for translation); a single longer item still runs", 1)
     max_wait_ms: float = setting(1.0, "after a batch, wait at most this long for more items when "
                                  "requests queued during it; never when idle", 0)
-    inline_max_tokens: int = setting(32, "a lone /sentiment text of at most this many words, "
-                                     "arriving while its model is idle, runs on the event loop's "
-                                     "thread, which skips two thread hand-offs (~0.4 ms) and blocks "
-                                     "the loop for its model time (~3 ms at 32 words, float32); 0: "
-                                     "never", 0)
+    inline_max_tokens: int = setting(32, "under light load (its model idle, its last batch a lone "
+                                     "text too), a lone /sentiment text of at most this many words "
+                                     "runs on the event loop's thread: two thread hand-offs fewer, "
+                                     "the loop blocked for its model time (~3 ms at 32 words, "
+                                     "float32); 0: never", 0)
     max_active_sequences: int = setting(64, "most sequences in the running generation batch; more "
                                         "wait to join", 1)
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "

@@ -111,14 +111,15 @@ def test_a_lone_short_item_runs_on_the_event_loop_thread():
         batcher.start()
         answers = [await batcher.submit([1], [8]),  # idle, alone, short: inline
                    await batcher.submit([2], [9]),  # longer than 8 tokens
-                   await batcher.submit([3, 4], [2, 2])]  # two items together
+                   await batcher.submit([3, 4], [2, 2]),  # two items together
+                   await batcher.submit([5], [1]),  # alone, but after a batch of two
+                   await batcher.submit([6], [1])]  # alone after a lone item: inline again
         await batcher.close()
         return answers, threading.get_ident()
 
     answers, loop_thread = asyncio.run(scenario())
-    assert answers == [[2], [4], [6, 8]]
-    assert recorder.threads[0] == loop_thread
-    assert recorder.threads[1] != loop_thread and recorder.threads[2] != loop_thread
+    assert answers == [[2], [4], [6, 8], [10], [12]]
+    assert [thread == loop_thread for thread in recorder.threads] == [True, False, False, False, True]
 
 
 def test_no_item_runs_inline_when_inlining_is_off_or_the_batcher_is_busy():
