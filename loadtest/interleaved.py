@@ -1,0 +1,149 @@
+"""An A/B of two server settings that machine drift cannot fake: both servers run at once and
+are measured in alternation, round after round, on the same request bodies.
+
+    python -m loadtest.interleaved --a RNNSERVE_INLINE_MAX_TOKENS=0 --b "" \\
+        --base-settings RNNSERVE_WORKERS=2 --concurrency 1 --rounds 12
+
+On these shared machines the same server reads up to ~1.2x apart at c=1 from one run to the next
+(README "Performance"), so a small change measured server after server is noise. Here each round
+runs wrk against A and B back to back (ABBA order: neither always goes first), and the report gives
+the medians, the ratio B / A of each round, and in how many rounds B was faster. Writes JSON and
+markdown (default `reports/bench/interleaved.{json,md}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from loadtest.bench import (
+    ENDPOINTS,
+    REPO_ROOT,
+    import_models,
+    parse_settings,
+    request_bodies,
+    run_wrk,
+    serving,
+)
+from loadtest.payloads import load_validation_texts
+
+log = logging.getLogger(__name__)
+
+
+def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict:
+    """Medians per side and the per-round ratios B / A (req/s; and p50, p99 latency)."""
+    sides = {side: {key: statistics.median(r[side][key] for r in rounds)
+                    for key in ("requests_per_s", "p50_ms", "p99_ms")} for side in ("a", "b")}
+    speedups = [r["b"]["requests_per_s"] / r["a"]["requests_per_s"] for r in rounds]
+    p50_ratios = [r["b"]["p50_ms"] / r["a"]["p50_ms"] for r in rounds]
+    return {**sides, "rounds": len(rounds),
+            "speedup_median": statistics.median(speedups),
+            "speedup_range": [min(speedups), max(speedups)],
+            "p50_ratio_median": statistics.median(p50_ratios),
+            "b_faster_rounds": sum(s > 1 for s in speedups)}
+
+
+def measure(url: str, path: str, bodies: Path, concurrency: int, seconds: int) -> dict[str, float]:
+    result, _ = run_wrk(url, path, bodies, concurrency, seconds)
+    duration = result["duration_us"] / 1e6
+    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
+                                     "timeouts"))
+    return {"requests_per_s": (result["requests"] - result["status_errors"]) / duration,
+            "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": errors}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    s = report["summary"]
+    lines = ["# Interleaved A/B", "",
+             f"Written by `{report['command']}` at {report['finished']}: "
+             f"`{report['endpoint']}` at c={report['concurrency']}, {s['rounds']} rounds of "
+             f"{report['seconds']} s per side, ABBA order, both servers running throughout.", "",
+             f"- A: {report['a'] or 'defaults'}", f"- B: {report['b'] or 'defaults'}",
+             f"- both: {report['base_settings'] or 'defaults'}", "",
+             "| side | req/s (median) | p50 ms (median) | p99 ms (median) |", "|---|---|---|---|"]
+    for side in ("a", "b"):
+        lines.append(f"| {side.upper()} | {s[side]['requests_per_s']:.1f} | {s[side]['p50_ms']:.2f} | "
+                     f"{s[side]['p99_ms']:.1f} |")
+    lines += ["", f"B / A req/s: median {s['speedup_median']:.3f}x (rounds {s['speedup_range'][0]:.3f}-"
+              f"{s['speedup_range'][1]:.3f}x); B faster in {s['b_faster_rounds']} of {s['rounds']} rounds; "
+              f"p50 B / A median {s['p50_ratio_median']:.3f}.", "",
+              "| round | A req/s | B req/s | A p50 ms | B p50 ms | B / A |", "|---|---|---|---|---|---|"]
+    for number, r in enumerate(report["rounds"], 1):
+        lines.append(f"| {number} | {r['a']['requests_per_s']:.1f} | {r['b']['requests_per_s']:.1f} | "
+                     f"{r['a']['p50_ms']:.2f} | {r['b']['p50_ms']:.2f} | "
+                     f"{r['b']['requests_per_s'] / r['a']['requests_per_s']:.3f} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", required=True, metavar="VAR=VALUE[,VAR=VALUE]",
+                        help="settings of server A ('' for the defaults)")
+    parser.add_argument("--b", required=True, metavar="VAR=VALUE[,VAR=VALUE]",
+                        help="settings of server B ('' for the defaults)")
+    parser.add_argument("--base-settings", default="", metavar="VAR=VALUE[,VAR=VALUE]",
+                        help="settings of both, under their own")
+    parser.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="sentiment")
+    parser.add_argument("--concurrency", type=int, default=1, help="wrk connections")
+    parser.add_argument("--rounds", type=int, default=12, help="A and B runs each")
+    parser.add_argument("--seconds", type=int, default=4, help="measured seconds per wrk run")
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models" / "pretrained")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench",
+                        help="folder for interleaved.json and interleaved.md")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.concurrency < 1 or args.seconds < 1:
+        parser.error("--rounds, --concurrency and --seconds must be at least 1")
+    base = parse_settings(args.base_settings)
+    settings = {"a": {**base, **parse_settings(args.a)}, "b": {**base, **parse_settings(args.b)}}
+    endpoint = ENDPOINTS[args.endpoint]
+    bodies = request_bodies(load_validation_texts())[args.endpoint]
+
+    rounds: list[dict[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="rnnserve-ab-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        home = import_models(args.models, workdir / "bentoml_home")
+        bodies_file = workdir / "bodies.jsonl"
+        bodies_file.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+        servers = {side: stack.enter_context(serving(REPO_ROOT, home, workdir / f"server-{side}.log",
+                                                     settings[side]))
+                   for side in ("a", "b")}
+        for server in servers.values():  # warm-up, unmeasured
+            run_wrk(server.url, endpoint.path, bodies_file, args.concurrency, 2)
+        for number in range(args.rounds):
+            order = ("a", "b") if number % 2 == 0 else ("b", "a")
+            measured = {}
+            for side in order:
+                measured[side] = measure(servers[side].url, endpoint.path, bodies_file, args.concurrency,
+                                         args.seconds)
+                servers[side].wait_idle()
+            rounds.append(measured)
+            log.info("round %d: A %.1f req/s p50 %.2f ms, B %.1f req/s p50 %.2f ms", number + 1,
+                     measured["a"]["requests_per_s"], measured["a"]["p50_ms"],
+                     measured["b"]["requests_per_s"], measured["b"]["p50_ms"])
+
+    report = {"command": "python -m loadtest.interleaved "
+                         + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "endpoint": args.endpoint, "concurrency": args.concurrency, "seconds": args.seconds,
+              "a": parse_settings(args.a), "b": parse_settings(args.b), "base_settings": base,
+              "rounds": rounds, "summary": summarize(rounds)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "interleaved.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_markdown(report, args.out / "interleaved.md")
+    s = report["summary"]
+    log.info("B / A: %.3fx req/s (median of %d rounds), B faster in %d; p50 A %.2f B %.2f ms",
+             s["speedup_median"], s["rounds"], s["b_faster_rounds"], s["a"]["p50_ms"], s["b"]["p50_ms"])
+    return report
+
+
+if __name__ == "__main__":
+    main()

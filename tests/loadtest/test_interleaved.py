@@ -1,0 +1,39 @@
+"""loadtest.interleaved: the summary and report of an A/B from made-up rounds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# loadtest/ is not an installed package: import it from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from loadtest.interleaved import summarize, write_markdown  # noqa: E402
+
+
+def side(rps: float, p50: float) -> dict[str, float]:
+    return {"requests_per_s": rps, "p50_ms": p50, "p99_ms": 2 * p50, "errors": 0}
+
+
+ROUNDS = [{"a": side(300, 3.3), "b": side(330, 3.0)},
+          {"a": side(200, 5.0), "b": side(240, 4.2)},  # a slow moment: both sides slower
+          {"a": side(310, 3.2), "b": side(300, 3.3)}]
+
+
+def test_summary_takes_medians_and_per_round_ratios():
+    summary = summarize(ROUNDS)
+    assert summary["a"]["requests_per_s"] == 300 and summary["b"]["p50_ms"] == 3.3
+    assert summary["speedup_median"] == pytest.approx(1.1)
+    assert summary["speedup_range"] == pytest.approx([300 / 310, 1.2])
+    assert summary["b_faster_rounds"] == 2 and summary["rounds"] == 3
+
+
+def test_report_lists_every_round(tmp_path):
+    report = {"command": "python -m loadtest.interleaved --a X=1 --b ''", "finished": "now",
+              "endpoint": "sentiment", "concurrency": 1, "seconds": 4, "a": {"X": "1"}, "b": {},
+              "base_settings": {"RNNSERVE_WORKERS": "2"}, "rounds": ROUNDS, "summary": summarize(ROUNDS)}
+    write_markdown(report, tmp_path / "ab.md")
+    text = (tmp_path / "ab.md").read_text()
+    assert "- B: defaults" in text and "B faster in 2 of 3 rounds" in text
+    assert "| 2 | 200.0 | 240.0 | 5.00 | 4.20 | 1.200 |" in text
