@@ -15,8 +15,9 @@ batching on vs off, resident memory and cold start, in one run on one machine.
    their first chunk (time to first token).
 3. The ratio service / ceiling, and the same service with batching off (RNNSERVE_MAX_BATCH_SIZE=1,
    RNNSERVE_MAX_ACTIVE_SEQUENCES=1).
-4. Dynamic int8 (models.quantize): validation quality and ceiling of the int8 copies, and the
-   service with RNNSERVE_PRECISION=int8 measured like the default one, against the int8 ceiling.
+4. Lower precisions (models.quantize: bfloat16 and dynamic int8): validation quality, batch
+   independence and ceiling of those copies, and the service with RNNSERVE_PRECISION=bfloat16 and
+   =int8 measured like the default one, each against its own ceiling.
 Also: the resident memory of every server process together, and the time from start to /readyz.
 """
 
@@ -49,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from models.generator import CharGenerator, sample_next
-from models.quantize import dynamic_int8
+from models.quantize import with_precision
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
@@ -64,7 +65,7 @@ CEILING_BATCHES = (1, 8, 16, 32, 64)
 CONCURRENCY = (1, 16, 64)
 GENERATE_TOKENS = 200
 BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
-INT8 = "int8"  # the service variant with RNNSERVE_PRECISION=int8
+LOWER_PRECISIONS = ("bfloat16", "int8")  # each also a service variant of that name
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
 GC_LONG_S = 0.025  # a garbage collection pause this long shows in the tail (a bucket bound)
@@ -140,13 +141,13 @@ class Pipelines:
                    Translator.load(models_dir / "translator-de-en"),
                    CharGenerator.load(models_dir / "char-generator"))
 
-    def quantized(self) -> Pipelines:
-        """Dynamic int8 copies (models.quantize): RNN and Linear weights in int8."""
+    def at_precision(self, precision: str) -> Pipelines:
+        """Copies at `precision` (models.quantize), as the service makes them."""
         return Pipelines(
-            SentimentClassifier(dynamic_int8(self.classifier.module), self.classifier.vocab),
-            Translator(dynamic_int8(self.translator.module), self.translator.source_spm,
+            SentimentClassifier(with_precision(self.classifier.module, precision), self.classifier.vocab),
+            Translator(with_precision(self.translator.module, precision), self.translator.source_spm,
                        self.translator.target_spm),
-            CharGenerator(dynamic_int8(self.generator.module), self.generator.vocab))
+            CharGenerator(with_precision(self.generator.module, precision), self.generator.vocab))
 
     def runs(self, texts: ValidationTexts) -> dict[str, tuple[Callable[[list], int], list]]:
         """Per endpoint: run(batch) -> units made, and the inputs to batch."""
@@ -195,8 +196,8 @@ def batchmate_shift(classifier: SentimentClassifier, texts: list[str]) -> dict[s
 
 
 def validation_quality(pipelines: Pipelines) -> dict[str, float]:
-    """Validation-split quality of each model: the figures int8 must not spoil, and how far a
-    review's answer moves with its batchmates (float32: rounding only)."""
+    """Validation-split quality of each model: the figures a lower precision must not spoil, and
+    how far a review's answer moves with its batchmates (float32: rounding only)."""
     with torch.inference_mode():
         dev = data.sst2_splits()["dev"]
         shift = batchmate_shift(pipelines.classifier, [text for text, _ in dev])
@@ -210,12 +211,14 @@ def validation_quality(pipelines: Pipelines) -> dict[str, float]:
         }
 
 
-def measure_quantization(pipelines: Pipelines, texts: ValidationTexts, min_seconds: float) -> dict:
-    """float32 vs dynamic int8: validation quality, and the ceiling at a few batch sizes."""
-    quantized = pipelines.quantized()
-    result = {"quality": {"float32": validation_quality(pipelines), "int8": validation_quality(quantized)},
-              "ceiling_int8": measure_ceiling(quantized, texts, min_seconds)}
-    log.info("quantization: %s", result["quality"])
+def measure_precisions(pipelines: Pipelines, texts: ValidationTexts, min_seconds: float) -> dict:
+    """float32 vs each lower precision: validation quality, and the ceiling at each batch size."""
+    lowered = {precision: pipelines.at_precision(precision) for precision in LOWER_PRECISIONS}
+    result = {"quality": {"float32": validation_quality(pipelines),
+                          **{precision: validation_quality(p) for precision, p in lowered.items()}},
+              "ceilings": {precision: measure_ceiling(p, texts, min_seconds)
+                           for precision, p in lowered.items()}}
+    log.info("precisions: %s", result["quality"])
     return result
 
 
@@ -635,10 +638,10 @@ def write_markdown(report: dict, path: Path) -> None:
                   + " besides its own settings.", ""]
     lines += ["## Targets", "", "Float32 (\"batching on\"), against the float32 ceiling.", "",
               *target_table(report["targets"])]
-    if report.get("targets_int8"):
-        lines += ["", f"With `RNNSERVE_PRECISION=int8` (\"{INT8}\" below), against the int8 ceiling "
-                  "of the same int8 models; batching on/off compares float32 servers only.", "",
-                  *target_table(report["targets_int8"])]
+    for precision, rows in (report.get("targets_lower") or {}).items():
+        lines += ["", f"With `RNNSERVE_PRECISION={precision}` (\"{precision}\" below), against the "
+                  f"{precision} ceiling of the same {precision} models; batching on/off compares "
+                  "float32 servers only.", "", *target_table(rows)]
     threads = report["ceiling_threads"]
     lines += ["", f"## Ceiling: in-process, no HTTP, {threads} torch thread{'s' if threads > 1 else ''}", "",
               "| endpoint | unit | " + " | ".join(f"batch {b}" for b in CEILING_BATCHES) + " |",
@@ -646,32 +649,37 @@ def write_markdown(report: dict, path: Path) -> None:
     for name, by_batch in report["ceiling"].items():
         lines.append(f"| {name} | {ENDPOINTS[name].unit}/s | "
                      + " | ".join(f"{by_batch[str(b)]:.0f}" for b in CEILING_BATCHES) + " |")
-    if report["quantization"]:
-        quantization = report["quantization"]
-        lines += ["", "## Dynamic int8 quantization (`RNNSERVE_PRECISION=int8`)", "",
-                  "`models.quantize.dynamic_int8`: every LSTM, GRU and Linear layer with int8 weights, "
-                  "activations quantized per batch; same thread count. Quality on validation "
+    if report["precisions"]:
+        precisions = report["precisions"]
+        lower = list(precisions["ceilings"])
+        lines += ["", "## Lower precisions (`RNNSERVE_PRECISION`)", "",
+                  "`models.quantize`: bfloat16 copies every weight and activation to bfloat16; "
+                  "int8 stores every LSTM, GRU and Linear weight in int8 and quantizes activations "
+                  "with one scale per batch; same thread count. Quality on validation "
                   "splits (SST-2 dev accuracy %, Tiny Shakespeare val bits per character over "
                   f"{LOSS_WINDOWS} windows, greedy BLEU on the first {BLEU_SENTENCES} Multi30k val "
                   "sentences). Batchmate shift: |P(positive) of an SST-2 dev review in a batch of "
                   f"{SHIFT_BATCH} - the same review alone|, median / 99th percentile / max over the "
-                  "872 reviews: what int8's per-batch activation scales cost in reproducibility.", "",
-                  "| measure | float32 | int8 |", "|---|---|---|"]
-        for key, value in quantization["quality"]["float32"].items():
-            lines.append(f"| {key} | {value} | {quantization['quality']['int8'][key]} |")
-        for name, by_batch in quantization["ceiling_int8"].items():
-            for batch, value in by_batch.items():
-                base = report["ceiling"][name][batch]
+                  "872 reviews: how far an answer depends on what it is batched with.", "",
+                  "| measure | float32 | " + " | ".join(lower) + " |", "|---|---|" + "---|" * len(lower)]
+        for key, value in precisions["quality"]["float32"].items():
+            lines.append(f"| {key} | {value} | "
+                         + " | ".join(str(precisions["quality"][p][key]) for p in lower) + " |")
+        for name, by_batch in report["ceiling"].items():
+            for batch, base in by_batch.items():
+                cells = [f"{precisions['ceilings'][p][name][batch]:.0f} "
+                         f"({precisions['ceilings'][p][name][batch] / base:.2f}x)" for p in lower]
                 lines.append(f"| {name} ceiling at batch {batch}, {ENDPOINTS[name].unit}/s | {base:.0f} | "
-                             f"{value:.0f} ({value / base:.2f}x) |")
+                             + " | ".join(cells) + " |")
     for variant, result in report["service"].items():
-        ceilings = (report["quantization"]["ceiling_int8"] if variant == INT8 else report["ceiling"])
+        lowered = report["precisions"] and variant in report["precisions"]["ceilings"]
+        ceilings = report["precisions"]["ceilings"][variant] if lowered else report["ceiling"]
         lines += ["", f"## Service: {variant}", "",
                   f"Settings: {result['settings'] or 'defaults'}. Start to ready "
                   f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle, "
                   f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
                   "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-                  f"| / {'int8 ' if variant == INT8 else ''}ceiling at batch c | server CPU | wrk CPU "
+                  f"| / {variant + ' ' if lowered else ''}ceiling at batch c | server CPU | wrk CPU "
                   f"| connections per worker | GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in result["points"]:
@@ -767,8 +775,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-endpoints", nargs="+", choices=tuple(ENDPOINTS), default=["sentiment"],
                         help="the endpoints --compare and --settings measure")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
-    parser.add_argument("--skip-quantization", action="store_true",
-                        help="skip dynamic int8: its validation quality, ceiling and server")
+    parser.add_argument("--skip-precisions", "--skip-quantization", action="store_true",
+                        help="skip bfloat16 and int8: their validation quality, ceilings and servers")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
                         help="measure only these endpoints (development; the report needs all)")
     args = parser.parse_args(argv)
@@ -785,8 +793,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipelines = Pipelines.load(args.models)
     ceiling = measure_ceiling(pipelines, texts, args.ceiling_seconds)
-    quantization = None if args.skip_quantization else measure_quantization(pipelines, texts,
-                                                                             args.ceiling_seconds)
+    precisions = None if args.skip_precisions else measure_precisions(pipelines, texts,
+                                                                      args.ceiling_seconds)
     del pipelines
 
     base = parse_settings(args.base_settings)
@@ -798,8 +806,9 @@ def main(argv: list[str] | None = None) -> None:
         # one sequence at a time: 16 queued 200-character requests take many seconds each
         variants.append(Variant("batching off", REPO_ROOT, {**base, **BATCHING_OFF},
                                 {name: off[name] for name in args.only}, longer={"generate": 20}))
-    if quantization:
-        variants.append(Variant(INT8, REPO_ROOT, {**base, "RNNSERVE_PRECISION": "int8"}, everything))
+    if precisions:
+        variants += [Variant(precision, REPO_ROOT, {**base, "RNNSERVE_PRECISION": precision}, everything)
+                     for precision in LOWER_PRECISIONS]
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         workdir = Path(tmp)
         bentoml_home = workdir / "bentoml_home"
@@ -828,10 +837,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {**machine, "busy_processes_at_end": busy_processes()},
         "models": str(args.models), "ceiling_threads": args.threads, "base_settings": base,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
-        "ceiling": ceiling, "quantization": quantization, "service": service, "comparisons": comparisons,
+        "ceiling": ceiling, "precisions": precisions, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),
-        "targets_int8": (targets(quantization["ceiling_int8"], service[INT8], None)
-                         if quantization else None),
+        "targets_lower": ({precision: targets(precisions["ceilings"][precision], service[precision], None)
+                           for precision in LOWER_PRECISIONS} if precisions else None),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -167,8 +167,8 @@ class SentimentClassifier:
 
     @torch.inference_mode()
     def predict_ids(self, texts: list[EncodedText]) -> Tensor:
-        """Probabilities (B, C) for already-encoded texts."""
-        return torch.softmax(self.logits(self.collate(texts)), dim=-1)
+        """Probabilities (B, C) for already-encoded texts, in float32 whatever the model's dtype."""
+        return torch.softmax(self.logits(self.collate(texts)).float(), dim=-1)
 
     def predict_proba(self, texts: list[str]) -> Tensor:
         return self.predict_ids([self.encode(t) for t in texts])

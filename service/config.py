@@ -49,9 +49,10 @@ class Settings:
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "
                              "429", 1)
     # compute
-    precision: str = setting("float32", "float32, or int8: dynamic int8 LSTM/GRU/Linear weights "
-                             "(models.quantize), quantized at load; the README gives its speed and "
-                             "quality", choices=PRECISIONS)
+    precision: str = setting("float32", "float32; bfloat16: every weight and activation in "
+                             "bfloat16; or int8: dynamic int8 LSTM/GRU/Linear weights "
+                             "(models.quantize). Made at load from the same artifacts; the README "
+                             "gives their speed, quality and batch independence", choices=PRECISIONS)
     # processes
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
     workers: int = setting(1, "worker processes, each with its own copy of the models", 1)

@@ -56,26 +56,31 @@ def test_targets_compare_with_the_ceiling_and_batching_off():
 def test_markdown_has_every_section(tmp_path):
     ceiling_int8 = {name: {b: 2 * value for b, value in by_batch.items()}
                     for name, by_batch in CEILING.items()}
+    ceiling_bf16 = {name: {b: 1.5 * value for b, value in by_batch.items()}
+                    for name, by_batch in CEILING.items()}
     quality = {"sentiment_dev_accuracy": 83.0}
     report = {"command": "python -m loadtest.bench", "finished": "now", "ceiling_threads": 1,
               "machine": {"cpus": 2, "torch": "2", "bentoml": "1", "load_average_at_start": [0.1, 0.1, 0.1],
                           "busy_processes_at_start": ["python -m training.train_x"]},
               "ceiling": CEILING, "targets": targets(CEILING, SERVICE, OFF),
-              "quantization": {"quality": {"float32": quality, "int8": quality},
-                               "ceiling_int8": ceiling_int8},
-              "targets_int8": targets(ceiling_int8, SERVICE, None),
-              "service": {"batching on": SERVICE, "batching off": OFF, "int8": SERVICE},
+              "precisions": {"quality": {"float32": quality, "bfloat16": quality, "int8": quality},
+                             "ceilings": {"bfloat16": ceiling_bf16, "int8": ceiling_int8}},
+              "targets_lower": {"bfloat16": targets(ceiling_bf16, SERVICE, None),
+                                "int8": targets(ceiling_int8, SERVICE, None)},
+              "service": {"batching on": SERVICE, "batching off": OFF, "bfloat16": SERVICE, "int8": SERVICE},
               "comparisons": {"commit abc": {**SERVICE, "points": [point("sentiment", 64, 1300, 80, 120)]}}}
     write_markdown(report, tmp_path / "bench.md")
     text = (tmp_path / "bench.md").read_text()
     for heading in ("## Targets", "## Ceiling", "## Service: batching on", "## Service: batching off",
-                    "## Dynamic int8", "## Service: int8", "## Before / after", "## What each step bought",
-                    "**Contention:**", "With `RNNSERVE_PRECISION=int8`"):
+                    "## Lower precisions", "## Service: int8", "## Service: bfloat16", "## Before / after",
+                    "## What each step bought", "**Contention:**", "With `RNNSERVE_PRECISION=int8`",
+                    "With `RNNSERVE_PRECISION=bfloat16`"):
         assert heading in text
     # the int8 server is divided by the int8 ceiling: c=64 sentiment 2600 / (2 x 6400)
     int8_section = text.split("## Service: int8")[1]
     assert ("| sentiment | 64 | 2600.0 | 2600 sentences | 40.0 | 60.0 | 60.0 | 0 | 64.0 | 0.20 | 100% | 3% "
             "| 33/31 | 3.1 (2) |" in int8_section)
+    assert "| sentiment ceiling at batch 32, sentences/s | 3200 | 4800 (1.50x) | 6400 (2.00x) |" in text
     # connections and garbage collection pauses: "-" where not sampled or not exported (older commits)
     assert ("| sentiment | 1 | 400.0 | 400 sentences | 2.5 | 5.0 | 5.0 | 0 | 1.0 | 4.00 | 100% | 3% | - | - |"
             in text)

@@ -1,4 +1,4 @@
-"""models.quantize: int8 copies answer like the float models, and leave them untouched."""
+"""models.quantize: bfloat16 and int8 copies answer like the float models, and leave them untouched."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import make_tiny_generator, make_tiny_sentiment, make_tiny_transla
 from torch import nn
 
 from models.generator import CharGenerator
-from models.quantize import dynamic_int8, with_precision
+from models.quantize import bfloat16, dynamic_int8, with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 
@@ -66,5 +66,38 @@ def test_with_precision():
     module = make_tiny_sentiment().module
     assert with_precision(module, "float32") is module
     assert quantized_layers(with_precision(module, "int8"))
+    assert {p.dtype for p in with_precision(module, "bfloat16").parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
     with pytest.raises(ValueError, match="precision must be one of"):
         with_precision(module, "int4")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_bfloat16_sentiment_is_close_to_float_and_answers_in_float32(cell):
+    classifier = make_tiny_sentiment(cell=cell)
+    half = SentimentClassifier(bfloat16(classifier.module), classifier.vocab)
+    probabilities = half.predict_proba(REVIEWS)
+    assert probabilities.dtype == torch.float32
+    torch.testing.assert_close(probabilities, classifier.predict_proba(REVIEWS), atol=0.02, rtol=0)
+    # each value is rounded on its own: other batchmates, the same answer
+    assert torch.equal(half.predict_proba(REVIEWS[:2])[0], half.predict_proba(REVIEWS[::2])[0])
+
+
+def test_bfloat16_generator_steps_from_a_bfloat16_zero_state():
+    generator = make_tiny_generator(cell="gru")
+    half = CharGenerator(bfloat16(generator.module), generator.vocab)
+    assert all(part.dtype == torch.bfloat16 for part in half.module.init_state(2))
+    logits, _ = half.module(torch.tensor([half.encode("To be")]))
+    reference, _ = generator.module(torch.tensor([generator.encode("To be")]))
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0)
+    assert half.generate("To be", max_tokens=20, seed=3) == half.generate("To be", max_tokens=20, seed=3)
+
+
+def test_bfloat16_translator_decodes_with_attention_rows_summing_to_one():
+    translator = make_tiny_translator(cell="lstm")
+    half = Translator(bfloat16(translator.module), translator.source_spm, translator.target_spm)
+    for translation in half.translate(["der film", "ein gutes buch ist nicht lang"], beam_size=2,
+                                      max_length=12):
+        assert len(translation.target_tokens) <= 12
+        for row in translation.attention:
+            assert sum(row) == pytest.approx(1.0, abs=1e-2)

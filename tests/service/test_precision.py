@@ -1,4 +1,5 @@
-"""RNNSERVE_PRECISION=int8 over real HTTP: the service answers with the int8 copies of its models."""
+"""RNNSERVE_PRECISION=int8 and =bfloat16 over real HTTP: the service answers with those copies of
+its models."""
 
 from __future__ import annotations
 
@@ -9,46 +10,53 @@ import pytest
 from serving_helpers import running_server
 
 from models.generator import CharGenerator
-from models.quantize import dynamic_int8
+from models.quantize import with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", params=["int8", "bfloat16"])
+def precision(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def client(tiny_shipped_dir, tmp_path_factory) -> Iterator[httpx.Client]:
-    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp("int8"),
-                        RNNSERVE_PRECISION="int8") as url, \
+def client(precision, tiny_shipped_dir, tmp_path_factory) -> Iterator[httpx.Client]:
+    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp(precision),
+                        RNNSERVE_PRECISION=precision) as url, \
             httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
 
-def test_models_report_int8_and_the_artifacts_float_parameter_counts(client, tiny_shipped_dir):
+def test_models_report_the_precision_and_the_artifacts_float_parameter_counts(client, precision,
+                                                                               tiny_shipped_dir):
     cards = {card["name"]: card for card in client.get("/models").json()}
-    assert {card["precision"] for card in cards.values()} == {"int8"}
+    assert {card["precision"] for card in cards.values()} == {precision}
     float_sentiment = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn").module
     assert cards["sentiment-rnn"]["parameters"] == sum(p.numel() for p in float_sentiment.parameters())
 
 
-def test_each_endpoint_answers_as_the_in_process_int8_model(client, tiny_shipped_dir):
+def test_each_endpoint_answers_as_the_in_process_model_of_that_precision(client, precision,
+                                                                        tiny_shipped_dir):
     # one text per request, sent one at a time: the same batch of one as in-process
     classifier = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
-    int8 = SentimentClassifier(dynamic_int8(classifier.module), classifier.vocab)
+    lowered = SentimentClassifier(with_precision(classifier.module, precision), classifier.vocab)
     for text in ("a good film", "It's not very funny, but the plot is great!"):
         got = client.post("/sentiment", json={"texts": [text]}).json()[0]
         assert list(got["probabilities"].values()) == pytest.approx(
-            int8.predict_proba([text])[0].tolist(), abs=1e-6)
+            lowered.predict_proba([text])[0].tolist(), abs=1e-6)
 
     generator = CharGenerator.load(tiny_shipped_dir / "char-generator")
-    int8_generator = CharGenerator(dynamic_int8(generator.module), generator.vocab)
+    lowered_generator = CharGenerator(with_precision(generator.module, precision), generator.vocab)
     body = {"prompt": "To be", "max_tokens": 40, "temperature": 0.9, "seed": 5}
-    assert client.post("/generate", json=body).json()["text"] == int8_generator.generate(
+    assert client.post("/generate", json=body).json()["text"] == lowered_generator.generate(
         "To be", 40, 0.9, 0, seed=5)
 
     translator = Translator.load(tiny_shipped_dir / "translator-de-en")
-    int8_translator = Translator(dynamic_int8(translator.module), translator.source_spm,
+    lowered_translator = Translator(with_precision(translator.module, precision), translator.source_spm,
                                  translator.target_spm)
     got = client.post("/translate", json={"texts": ["ein mann fährt fahrrad"], "beam_size": 3}).json()
-    assert got == [{"translation": int8_translator.translate(["ein mann fährt fahrrad"],
+    assert got == [{"translation": lowered_translator.translate(["ein mann fährt fahrrad"],
                                                               beam_size=3)[0].translation}]
