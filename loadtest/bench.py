@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from models.generator import CharGenerator, sample_next
-from models.quantize import with_precision
+from models.quantize import PRECISIONS, with_precision
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
@@ -636,7 +636,8 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["Every server below runs with "
                   + ", ".join(f"`{k}={v}`" for k, v in base_settings.items())
                   + " besides its own settings.", ""]
-    lines += ["## Targets", "", "Float32 (\"batching on\"), against the float32 ceiling.", "",
+    precision = report.get("precision", "float32")
+    lines += ["## Targets", "", f"{precision} (\"batching on\"), against the {precision} ceiling.", "",
               *target_table(report["targets"])]
     for precision, rows in (report.get("targets_lower") or {}).items():
         lines += ["", f"With `RNNSERVE_PRECISION={precision}` (\"{precision}\" below), against the "
@@ -775,6 +776,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-endpoints", nargs="+", choices=tuple(ENDPOINTS), default=["sentiment"],
                         help="the endpoints --compare and --settings measure")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="serve and measure every server and the ceiling at this precision, as if "
+                             "it were the default (bfloat16, int8: no lower-precision section)")
     parser.add_argument("--skip-precisions", "--skip-quantization", action="store_true",
                         help="skip bfloat16 and int8: their validation quality, ceilings and servers")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
@@ -791,13 +795,15 @@ def main(argv: list[str] | None = None) -> None:
     texts = load_validation_texts()
     bodies = request_bodies(texts)
     torch.set_num_threads(args.threads)
-    pipelines = Pipelines.load(args.models)
+    pipelines = Pipelines.load(args.models).at_precision(args.precision)
     ceiling = measure_ceiling(pipelines, texts, args.ceiling_seconds)
-    precisions = None if args.skip_precisions else measure_precisions(pipelines, texts,
-                                                                      args.ceiling_seconds)
+    lower = args.precision != "float32"
+    precisions = (None if args.skip_precisions or lower
+                  else measure_precisions(pipelines, texts, args.ceiling_seconds))
     del pipelines
 
-    base = parse_settings(args.base_settings)
+    base = {**parse_settings(args.base_settings),
+            **({"RNNSERVE_PRECISION": args.precision} if lower else {})}
     everything = {name: CONCURRENCY for name in args.only}
     variants = [Variant("batching on", REPO_ROOT, base, everything)]
     if not args.skip_off:
@@ -835,7 +841,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine, "busy_processes_at_end": busy_processes()},
-        "models": str(args.models), "ceiling_threads": args.threads, "base_settings": base,
+        "models": str(args.models), "precision": args.precision, "ceiling_threads": args.threads,
+        "base_settings": base,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
         "ceiling": ceiling, "precisions": precisions, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),

@@ -85,6 +85,10 @@ def test_markdown_has_every_section(tmp_path):
     assert ("| sentiment | 1 | 400.0 | 400 sentences | 2.5 | 5.0 | 5.0 | 0 | 1.0 | 4.00 | 100% | 3% | - | - |"
             in text)
     assert "| commit abc | working tree | - | - | 2.00 |" in text
+    assert 'float32 ("batching on"), against the float32 ceiling.' in text
+    write_markdown({**report, "precision": "bfloat16", "precisions": None, "targets_lower": None},
+                   tmp_path / "bf16.md")
+    assert 'bfloat16 ("batching on"), against the bfloat16 ceiling.' in (tmp_path / "bf16.md").read_text()
 
 
 def test_items_per_second_counts_what_the_runs_return():
