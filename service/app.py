@@ -123,8 +123,11 @@ class RNNServe:
         batching = {"max_batch_size": settings.max_batch_size,
                     "max_batch_tokens": settings.max_batch_tokens,
                     "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue}
-        self.sentiment_batcher = Batcher(self.sentiment_ref.tag.name, self._classify, **batching,
-                                         inline_max_tokens=settings.inline_max_tokens)
+        self.sentiment_batcher = Batcher(
+            self.sentiment_ref.tag.name, self._classify, **batching,
+            inline_max_tokens=settings.inline_max_tokens,
+            others_busy=lambda: any(loop.busy for loop in (*self.translate_batchers.values(),
+                                                           self.generation)))
         # a lone translation takes tens of milliseconds: always in the model's thread
         self.translate_batchers = {
             source: Batcher(ref.tag.name, self._translation_runner(source), **batching)

@@ -9,10 +9,10 @@ How this one works:
 - one loop per model takes a batch and runs it in the model's own thread, so torch never blocks
   the event loop, and one batch per model is in flight at a time;
 - idle, the loop wakes on the first item and runs it at once: a lone request is never delayed.
-  Under light load (the last batch was a lone item too), a lone short item (at most
-  `inline_max_tokens`) even runs on the event loop's own thread: that skips two thread hand-offs
-  (~0.25 ms of a ~2.7 ms answer at c=1, README "Performance") and blocks the loop only for a short
-  text's model time;
+  Under light load (the last batch was a lone item too, the worker's other models idle), a lone
+  short item (at most `inline_max_tokens`) even runs on the event loop's own thread: that skips
+  two thread hand-offs (~0.4 ms of a ~3 ms answer at c=1, README "Performance") and blocks the
+  loop only for a short text's model time;
 - busy (items queued while the last batch ran), it may wait up to `max_wait_s` more for the
   batch to fill, because more requests are evidently arriving;
 - a batch starts with the oldest item (so nothing starves) and adds the queued items closest
@@ -106,6 +106,11 @@ class ModelLoop:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def busy(self) -> bool:
+        """Whether the model has work in hand (a batch running, or sequences being generated)."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -120,7 +125,8 @@ class Batcher(ModelLoop, Generic[V, R]):
     """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
 
     def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
-                 max_batch_tokens: int, max_wait_s: float, max_queue: int, inline_max_tokens: int = 0):
+                 max_batch_tokens: int, max_wait_s: float, max_queue: int, inline_max_tokens: int = 0,
+                 others_busy: Callable[[], bool] = lambda: False):
         super().__init__(model, "batcher")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
@@ -128,7 +134,13 @@ class Batcher(ModelLoop, Generic[V, R]):
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._inline_max_tokens = inline_max_tokens
+        self._others_busy = others_busy  # other models of this worker: their loops need the event loop
         self._queue: list[Item[V]] = []
+        self._in_flight = False
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight or bool(self._queue)
 
     async def close(self) -> None:
         await super().close()
@@ -177,11 +189,12 @@ class Batcher(ModelLoop, Generic[V, R]):
             batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
             taken = set(map(id, batch))
             self._queue = [item for item in self._queue if id(item) not in taken]
-            # Woken from idle by one short item and nothing else, after a batch of one: the load is
-            # light, with no other request to parse while the model runs. (After a larger batch,
-            # more requests are on their way, and a blocked loop would delay them.)
+            # Woken from idle by one short item and nothing else, after a batch of one, while the
+            # worker's other models rest: the load is light, with no other request to parse and no
+            # other model to feed while this one runs. (After a larger batch more requests are on
+            # their way; a translation batch or a generation step waits for the event loop too.)
             inline = (not busy and not self._queue and len(batch) == 1 and last_size == 1
-                      and batch[0].length <= self._inline_max_tokens)
+                      and batch[0].length <= self._inline_max_tokens and not self._others_busy())
             busy, last_size = True, len(batch)
             await self._run(batch, inline)
 
@@ -199,6 +212,13 @@ class Batcher(ModelLoop, Generic[V, R]):
                 return
 
     async def _run(self, batch: list[Item[V]], inline: bool = False) -> None:
+        self._in_flight = True
+        try:
+            await self._run_batch_of(batch, inline)
+        finally:
+            self._in_flight = False
+
+    async def _run_batch_of(self, batch: list[Item[V]], inline: bool) -> None:
         started = time.perf_counter()
         lengths = [item.length for item in batch]
         metrics.batch_size.labels(self.model).observe(len(batch))

@@ -40,7 +40,8 @@ class Settings:
     max_wait_ms: float = setting(1.0, "after a batch, wait at most this long for more items when "
                                  "requests queued during it; never when idle", 0)
     inline_max_tokens: int = setting(32, "under light load (its model idle, its last batch a lone "
-                                     "text too), a lone /sentiment text of at most this many words "
+                                     "text too, the worker's other models idle), a lone /sentiment "
+                                     "text of at most this many words "
                                      "runs on the event loop's thread: two thread hand-offs fewer, "
                                      "the loop blocked for its model time (~3 ms at 32 words, "
                                      "float32); 0: never", 0)

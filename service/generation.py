@@ -85,6 +85,10 @@ class GenerationLoop(ModelLoop):
         self._temperature = torch.empty(0)  # (B,)
         self._top_k = torch.empty(0, dtype=torch.long)  # (B,)
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._active or self._pending)
+
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
         """The characters of one continuation, in lists of those ready together."""

@@ -122,6 +122,42 @@ def test_a_lone_short_item_runs_on_the_event_loop_thread():
     assert [thread == loop_thread for thread in recorder.threads] == [True, False, False, False, True]
 
 
+def test_no_item_runs_inline_while_another_model_of_the_worker_is_busy():
+    recorder, others = ThreadRecorder(), {"busy": True}
+
+    async def scenario():
+        batcher = make_batcher(recorder, inline_max_tokens=8, others_busy=lambda: others["busy"])
+        batcher.start()
+        await batcher.submit([1], [1])  # a translation batch runs: model thread
+        others["busy"] = False
+        await batcher.submit([2], [1])  # all quiet: inline
+        await batcher.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert [thread == loop_thread for thread in recorder.threads] == [False, True]
+
+
+def test_a_batcher_is_busy_while_its_batch_runs():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder)
+        batcher.start()
+        idle = batcher.busy
+        task = asyncio.create_task(batcher.submit([1], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        running = batcher.busy
+        recorder.release.set()
+        await task
+        await asyncio.sleep(0)
+        after = batcher.busy
+        await batcher.close()
+        return idle, running, after
+
+    assert asyncio.run(scenario()) == (False, True, False)
+
+
 def test_no_item_runs_inline_when_inlining_is_off_or_the_batcher_is_busy():
     off, busy = ThreadRecorder(), ThreadRecorder(hold=True)
 

@@ -89,6 +89,23 @@ def test_a_long_generation_streams_in_several_chunks(generator):
     assert chunks > 1
 
 
+def test_the_loop_is_busy_while_it_generates(generator):
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
+        loop.start()
+        seen = [loop.busy]
+        async for _ in loop.stream("a", 300, 0.8, 0, 5, "generate"):
+            seen.append(loop.busy)
+        await asyncio.sleep(0.05)
+        seen.append(loop.busy)
+        await loop.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is False and seen[-1] is False
+    assert all(seen[1:-2])  # every chunk but the last arrives with its sequence still running
+
+
 def test_an_abandoned_request_leaves_the_batch(generator):
     async def scenario():
         loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
