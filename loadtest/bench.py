@@ -65,7 +65,7 @@ CEILING_BATCHES = (1, 8, 16, 32, 64)
 CONCURRENCY = (1, 16, 64)
 GENERATE_TOKENS = 200
 BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
-LOWER_PRECISIONS = ("bfloat16", "int8")  # each also a service variant of that name
+LOWER_PRECISIONS = PRECISIONS[1:]  # bfloat16, int8: each also a service variant of that name
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
 GC_LONG_S = 0.025  # a garbage collection pause this long shows in the tail (a bucket bound)
@@ -365,6 +365,18 @@ class Point:
     ttft_ms: dict[str, float] = field(default_factory=dict)  # probe: p50, p95, count
 
 
+WRK_ERRORS = ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+
+
+def wrk_figures(result: dict) -> dict[str, float]:
+    """wrk's result line as seconds, requests, errors, good requests/s and p50/p95/p99 in ms."""
+    seconds = result["duration_us"] / 1e6
+    return {"seconds": seconds, "requests": result["requests"],
+            "errors": sum(result[k] for k in WRK_ERRORS),
+            "requests_per_s": (result["requests"] - result["status_errors"]) / seconds,
+            **{f"p{q}_ms": result[f"p{q}_us"] / 1000 for q in (50, 95, 99)}}
+
+
 def run_wrk(url: str, path: str, bodies_file: Path, concurrency: int, seconds: int) -> tuple[dict, float]:
     """wrk's result line and the CPU seconds wrk used."""
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
@@ -449,15 +461,11 @@ def measure_point(server: Server, endpoint: Endpoint, bodies_file: Path, concurr
                    - metrics_before.get((endpoint.model, "count"), 0))
     batch_sum = (metrics_after.get((endpoint.model, "sum"), 0)
                  - metrics_before.get((endpoint.model, "sum"), 0))
-    duration = result["duration_us"] / 1e6
-    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
-                                     "timeouts"))
-    good = result["requests"] - result["status_errors"]
+    figures = wrk_figures(result)
+    duration, errors = figures["seconds"], figures["errors"]
     point = Point(
-        endpoint=endpoint.name, concurrency=concurrency, seconds=duration, requests=result["requests"],
-        errors=errors, requests_per_s=good / duration,
-        units_per_s=good * endpoint.items_per_request / duration,
-        p50_ms=result["p50_us"] / 1000, p95_ms=result["p95_us"] / 1000, p99_ms=result["p99_us"] / 1000,
+        endpoint=endpoint.name, concurrency=concurrency, **figures,
+        units_per_s=figures["requests_per_s"] * endpoint.items_per_request,
         wrk_cpu_percent=100 * wrk_cpu / duration, server_cpu_percent=100 * server_cpu / duration,
         mean_batch=batch_sum / batch_count if batch_count else None, connections=spread[0] if spread else [])
     if metrics_after[("gc", "sum")] > 0:  # older commits do not export the pauses

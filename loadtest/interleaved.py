@@ -32,6 +32,7 @@ from loadtest.bench import (
     request_bodies,
     run_wrk,
     serving,
+    wrk_figures,
 )
 from loadtest.payloads import load_validation_texts
 
@@ -53,11 +54,7 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict:
 
 def measure(url: str, path: str, bodies: Path, concurrency: int, seconds: int) -> dict[str, float]:
     result, _ = run_wrk(url, path, bodies, concurrency, seconds)
-    duration = result["duration_us"] / 1e6
-    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
-                                     "timeouts"))
-    return {"requests_per_s": (result["requests"] - result["status_errors"]) / duration,
-            "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": errors}
+    return wrk_figures(result)
 
 
 def write_markdown(report: dict, path: Path) -> None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-PRECISIONS = ("float32", "bfloat16", "int8")
 QUANTIZED_LAYERS = {nn.LSTM, nn.GRU, nn.Linear}
 
 
@@ -43,10 +43,12 @@ def bfloat16(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to(torch.bfloat16).eval()
 
 
+COPIES: dict[str, Callable[[nn.Module], nn.Module]] = {"bfloat16": bfloat16, "int8": dynamic_int8}
+PRECISIONS = ("float32", *COPIES)
+
+
 def with_precision(module: nn.Module, precision: str) -> nn.Module:
     """`module` as loaded (float32), or its bfloat16 or dynamic int8 copy."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bfloat16":
-        return bfloat16(module)
-    return module if precision == "float32" else dynamic_int8(module)
+    return module if precision == "float32" else COPIES[precision](module)

@@ -126,8 +126,7 @@ class RNNServe:
         self.sentiment_batcher = Batcher(
             self.sentiment_ref.tag.name, self._classify, **batching,
             inline_max_tokens=settings.inline_max_tokens,
-            others_busy=lambda: any(loop.busy for loop in (*self.translate_batchers.values(),
-                                                           self.generation)))
+            others_busy=lambda: any(loop.busy for loop in self._loops if loop is not self.sentiment_batcher))
         # a lone translation takes tens of milliseconds: always in the model's thread
         self.translate_batchers = {
             source: Batcher(ref.tag.name, self._translation_runner(source), **batching)

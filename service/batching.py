@@ -196,7 +196,11 @@ class Batcher(ModelLoop, Generic[V, R]):
             inline = (not busy and not self._queue and len(batch) == 1 and last_size == 1
                       and batch[0].length <= self._inline_max_tokens and not self._others_busy())
             busy, last_size = True, len(batch)
-            await self._run(batch, inline)
+            self._in_flight = True
+            try:
+                await self._run(batch, inline)
+            finally:
+                self._in_flight = False
 
     async def _wait_for_more(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,13 +216,6 @@ class Batcher(ModelLoop, Generic[V, R]):
                 return
 
     async def _run(self, batch: list[Item[V]], inline: bool = False) -> None:
-        self._in_flight = True
-        try:
-            await self._run_batch_of(batch, inline)
-        finally:
-            self._in_flight = False
-
-    async def _run_batch_of(self, batch: list[Item[V]], inline: bool) -> None:
         started = time.perf_counter()
         lengths = [item.length for item in batch]
         metrics.batch_size.labels(self.model).observe(len(batch))
