@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
         train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
-                                        progress, rank, averaged)
+                                        progress, rank, averaged,
+                                        precision=run.step_precision(device))
         served.eval()
         dev = sentiment_accuracy(model, splits["dev"])["accuracy"]
         best = common.end_epoch(progress, {"train_loss": train_loss, "dev_accuracy": dev},

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
         train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
-                                        progress, rank)
+                                        progress, rank,
+                                        precision=run.step_precision(device))
         module.eval()
         bleu = translation_bleu(model, val)["bleu"]
         best = common.end_epoch(progress, {"train_loss": train_loss, "val_bleu": bleu},

@@ -12,7 +12,7 @@ import fake_data
 import pytest
 import torch
 
-from models.generator import CharGenerator
+from models.generator import CharGenerator, CharLM
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 from training import averaged_vs_raw, data, train_generator, train_sentiment, train_translator
@@ -85,6 +85,28 @@ def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
     assert compared["raw"]["val_loss"] != compared["averaged"]["val_loss"]
 
 
+def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tmp_path,
+                                                                               monkeypatch):
+    seen = []
+    forward = CharLM.forward
+
+    def spy(self, tokens, state=None):
+        logits, state = forward(self, tokens, state)
+        seen.append((self.training, logits.dtype))
+        return logits, state
+
+    monkeypatch.setattr(CharLM, "forward", spy)
+    metrics = train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10",
+                                    "--autocast", "bfloat16", "--no-store",
+                                    "--checkpoint-dir", str(tmp_path / "ck")])
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # validation
+    last = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert {v.dtype for v in last["model"].values() if v.is_floating_point()} == {torch.float32}
+    assert metrics["run_config"]["autocast"] == "bfloat16"
+    assert 0 < metrics["test"]["val_loss"] < 10
+
+
 def test_sentiment_ema_ships_the_average(tmp_path):
     metrics = train_sentiment.main(["--profile", "quick", "--ema", "0.9", "--no-store",
                                     "--checkpoint-dir", str(tmp_path / "ck")])
@@ -127,6 +149,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     (["--lr", "-1"], "--lr must be >= 0.0"),
     (["--epochs", "two"], "invalid int value"),
     (["--dropout", "1.5"], "--dropout must be <= 1.0, got 1.5"),
+    (["--autocast", "float16"], "invalid choice"),
 ])
 def test_bad_flags_exit_with_a_clear_error(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
