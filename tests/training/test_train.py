@@ -31,6 +31,14 @@ def made_up_data(monkeypatch):
                                                .get(name, name)))
 
 
+def mark_checkpoint(directory: Path, seconds: float) -> None:
+    """Set last.pt's training seconds to `seconds`: a run that resumes carries the figure on into
+    its metrics, a run that starts afresh cannot."""
+    state = torch.load(directory / "last.pt", weights_only=True)
+    state["progress"] = json.dumps({**json.loads(state["progress"]), "seconds": seconds})
+    torch.save(state, directory / "last.pt")
+
+
 def check_artifact(folder: Path, extra: set[str], task: str) -> dict:
     assert ARTIFACT_FILES | extra <= {p.name for p in folder.iterdir()}
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -71,7 +79,9 @@ def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
     flags = ["--profile", "quick", "--eval-every", "10", "--ema", "0.5", "--no-store",
              "--checkpoint-dir", str(tmp_path / "ck")]
     train_generator.main([*flags, "--steps", "10"])
+    mark_checkpoint(tmp_path / "ck", 1e6)
     metrics = train_generator.main([*flags, "--steps", "20", "--resume"])
+    assert metrics["training_seconds"] > 1e6  # it did resume
     last = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)["model"]
     assert int(last["ema.n_averaged"]) == 20  # one update per step, across the resume
     best = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
@@ -138,9 +148,14 @@ def test_translator_smoke_writes_a_complete_artifact(tmp_path):
 def test_resume_continues_from_the_checkpoint(tmp_path):
     flags = ["--profile", "quick", "--no-store", "--checkpoint-dir", str(tmp_path / "ck")]
     first = train_sentiment.main([*flags, "--epochs", "1"])
+    mark_checkpoint(tmp_path / "ck", 1e6)
     resumed = train_sentiment.main([*flags, "--epochs", "2", "--resume"])
     assert first["epochs_run"] == 1 and resumed["epochs_run"] == 2
+    assert resumed["training_seconds"] > 1e6  # the first epoch's progress carried on
     assert (tmp_path / "ck" / "best.pt").is_file()
+    # without --resume the same folder starts afresh
+    fresh = train_sentiment.main([*flags, "--epochs", "1"])
+    assert fresh["training_seconds"] < 1e6
 
 
 @pytest.mark.parametrize("flags, message", [
