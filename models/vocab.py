@@ -20,9 +20,13 @@ class Vocab:
 
     def __init__(self, tokens: Iterable[str]):
         self.itos: list[str] = list(tokens)
-        assert tuple(self.itos[: len(SPECIALS)]) == SPECIALS, "vocab must start with SPECIALS"
+        if tuple(self.itos[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with the specials {SPECIALS}, "
+                             f"got {tuple(self.itos[: len(SPECIALS)])}")
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
-        assert len(self.stoi) == len(self.itos), "duplicate tokens in vocab"
+        if len(self.stoi) != len(self.itos):
+            repeated = sorted(t for t, n in Counter(self.itos).items() if n > 1)
+            raise ValueError(f"a vocabulary lists each token once; repeated: {repeated[:5]}")
 
     @classmethod
     def build(cls, sequences: Iterable[Iterable[str]], min_freq: int = 1, max_size: int | None = None):

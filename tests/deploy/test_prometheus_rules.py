@@ -66,7 +66,9 @@ def test_the_issue_asks_for_these_alerts():
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
 def test_alerts_query_only_metrics_that_exist(rule):
-    unknown = promql_metric_names(rule["expr"]) - exported_metrics() - EXTERNAL_METRICS
+    names = promql_metric_names(rule["expr"])
+    assert names, f"{rule['alert']}: no metric name read from {rule['expr']!r}"
+    unknown = names - exported_metrics() - EXTERNAL_METRICS
     assert not unknown, f"{rule['alert']} queries metrics nobody exports: {sorted(unknown)}"
     assert rule["labels"]["severity"] in {"warning", "critical"}
     assert {"summary", "description"} <= rule["annotations"].keys()

@@ -48,4 +48,5 @@ def test_locust_smoke_reaches_every_endpoint_without_errors(tiny_shipped_dir, tm
     assert Path(f"{prefix}.html").stat().st_size > 0
     slo = subprocess.run([sys.executable, "-m", "loadtest.slo", f"{prefix}_stats.csv"],
                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert slo.returncode in (0, 1), slo.stderr  # met or breached on a loaded CI box, never a crash
     assert "/sentiment" in slo.stdout, slo.stderr

@@ -93,7 +93,9 @@ def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path)
         connections = [http.client.HTTPConnection(host, port, timeout=30) for _ in range(64)]
         for connection in connections:  # keep-alive: each stays open after its answer
             connection.request("GET", "/readyz")
-            assert connection.getresponse().read() is not None
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
         server = next(p for p in psutil.process_iter(["cmdline"])
                       if p.info["cmdline"] and "serve" in p.info["cmdline"]
                       and str(port) in p.info["cmdline"])
