@@ -11,6 +11,7 @@ import torch
 
 # loadtest/ is not an installed package: import it from the repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from loadtest import bench  # noqa: E402
 from loadtest.bench import (  # noqa: E402
     CEILING_BATCHES,
     batchmate_shift,
@@ -91,8 +92,18 @@ def test_markdown_has_every_section(tmp_path):
     assert 'bfloat16 ("batching on"), against the bfloat16 ceiling.' in (tmp_path / "bf16.md").read_text()
 
 
-def test_items_per_second_counts_what_the_runs_return():
-    assert items_per_second(lambda batch: len(batch), list(range(100)), 10, 0.01) > 0
+def test_items_per_second_counts_what_the_runs_return(monkeypatch):
+    clock = iter(range(100))  # each run is one second on a fake clock
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    runs = []
+
+    def run(batch):
+        runs.append(batch)
+        return 7
+
+    # the warm-up batch is not timed; then 3 runs of 7 items over 3 seconds
+    assert items_per_second(run, list(range(100)), 10, 3) == 7.0
+    assert len(runs) == 4 and runs[0] == runs[1] == list(range(10)) and runs[2] == list(range(10, 20))
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")

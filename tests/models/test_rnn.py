@@ -88,10 +88,13 @@ def test_select_and_cat_states_round_trip(cell):
     for part, expected in zip(select_state(state, rows), to_state(alone), strict=True):
         torch.testing.assert_close(part, expected)
 
-    # and it is what the cell accepts back as its initial state
+    # and it is what the cell accepts back as its initial state: continuing from it is running on
     restored = from_state(state, cell)
     assert isinstance(restored, tuple) == (cell == "lstm")
-    rnn(x, restored)
+    more = torch.randn(5, 2, 3)
+    continued, _ = rnn(more, restored)
+    whole, _ = rnn(torch.cat([x, more], dim=1))
+    torch.testing.assert_close(continued, whole[:, -2:])
 
 
 @pytest.mark.parametrize("cell", CELLS)
