@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import running_server
 
 from models.generator import CharGenerator
@@ -297,7 +298,15 @@ def test_bad_requests_do_not_disturb_good_ones_served_with_them(server, client):
 # -- metrics ----------------------------------------------------------------------------------------
 
 
+def scrape(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, keyed by its name and labels."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples}
+
+
 def test_metrics_show_the_rnnserve_metrics_after_traffic(client):
+    before = scrape(client)
     post(client, "/sentiment", {"texts": ["good", "bad film"]})
     post(client, "/translate", {"texts": ["ein mann"]})
     post(client, "/generate", {"prompt": "a", "max_tokens": 3})
@@ -315,3 +324,17 @@ def test_metrics_show_the_rnnserve_metrics_after_traffic(client):
     assert 'rnnserve_errors_total{endpoint="sentiment",kind="validation"}' in text
     assert 'rnnserve_model_info{cell="gru",model="translator-ko-en",tag="translator-ko-en:vtest",' \
            'task="translator"} 1.0' in text
+
+    after = scrape(client)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after[key] - before.get(key, 0.0)
+
+    # what this test's own requests added
+    assert grew("rnnserve_batch_size_sum", model="sentiment-rnn") == 2  # two texts
+    assert grew("rnnserve_batch_size_sum", model="translator-de-en") == 1
+    assert grew("rnnserve_generated_tokens_total", endpoint="generate") == 3
+    assert grew("rnnserve_generated_tokens_total", endpoint="generate_stream") == 3
+    assert grew("rnnserve_time_to_first_token_seconds_count", endpoint="generate_stream") == 1
+    assert grew("rnnserve_errors_total", endpoint="sentiment", kind="validation") == 1
