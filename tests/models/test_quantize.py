@@ -11,8 +11,17 @@ from models.generator import CharGenerator
 from models.quantize import bfloat16, dynamic_int8, with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
+from models.vocab import BOS_ID
 
 REVIEWS = ["good film", "the plot was not very funny but the actor is great", "a dull boring film"]
+
+
+def teacher_forced_logits(translator: Translator) -> torch.Tensor:
+    """The decoder's logits (B, T, V) for made-up source and target ids: no search involved."""
+    source, lengths = translator.collate([translator.encode_source(text) for text in
+                                          ("der film", "ein gutes buch ist nicht lang")])
+    target_in, _ = translator.collate([[BOS_ID, 7, 9, 11], [BOS_ID, 5, 6, 8]])
+    return translator.module(source, lengths, target_in).float()
 
 
 def quantized_layers(module: nn.Module) -> set[str]:
@@ -45,6 +54,8 @@ def test_int8_generator_steps_from_its_own_zero_state():
 def test_int8_translator_decodes_with_attention_rows_summing_to_one():
     translator = make_tiny_translator(cell="gru")
     int8 = Translator(dynamic_int8(translator.module), translator.source_spm, translator.target_spm)
+    torch.testing.assert_close(teacher_forced_logits(int8), teacher_forced_logits(translator),
+                               atol=0.02, rtol=0)
     translations = int8.translate(["der film", "ein gutes buch ist nicht lang"], beam_size=2,
                                   max_length=12)
     assert len(translations) == 2
@@ -96,6 +107,8 @@ def test_bfloat16_generator_steps_from_a_bfloat16_zero_state():
 def test_bfloat16_translator_decodes_with_attention_rows_summing_to_one():
     translator = make_tiny_translator(cell="lstm")
     half = Translator(bfloat16(translator.module), translator.source_spm, translator.target_spm)
+    torch.testing.assert_close(teacher_forced_logits(half), teacher_forced_logits(translator),
+                               atol=0.02, rtol=0)
     for translation in half.translate(["der film", "ein gutes buch ist nicht lang"], beam_size=2,
                                       max_length=12):
         assert len(translation.target_tokens) <= 12

@@ -43,10 +43,13 @@ def test_each_endpoint_answers_as_the_in_process_model_of_that_precision(client,
     # one text per request, sent one at a time: the same batch of one as in-process
     classifier = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
     lowered = SentimentClassifier(with_precision(classifier.module, precision), classifier.vocab)
+    moved = []
     for text in ("a good film", "It's not very funny, but the plot is great!"):
-        got = client.post("/sentiment", json={"texts": [text]}).json()[0]
-        assert list(got["probabilities"].values()) == pytest.approx(
-            lowered.predict_proba([text])[0].tolist(), abs=1e-6)
+        got = list(client.post("/sentiment", json={"texts": [text]}).json()[0]["probabilities"].values())
+        assert got == pytest.approx(lowered.predict_proba([text])[0].tolist(), abs=1e-6)
+        moved.append(max(abs(a - b) for a, b in zip(got, classifier.predict_proba([text])[0].tolist(),
+                                                    strict=True)))
+    assert max(moved) > 1e-6  # the answers are the lowered copy's, not float32's
 
     generator = CharGenerator.load(tiny_shipped_dir / "char-generator")
     lowered_generator = CharGenerator(with_precision(generator.module, precision), generator.vocab)
