@@ -185,9 +185,10 @@ def test_translate_with_attention(client, translators):
         assert result["target_tokens"] == translation.target_tokens
         attention = result["attention"]
         assert len(attention) == len(result["target_tokens"])  # a row per target piece, EOS too
-        for row in attention:
+        for row, reference in zip(attention, translation.attention, strict=True):
             assert len(row) == len(result["source_tokens"])
             assert sum(row) == pytest.approx(1.0, abs=1e-5)
+            assert row == pytest.approx(reference, abs=1e-5)  # the in-process model's weights
 
 
 # -- batching: concurrent answers equal single answers ---------------------------------------------

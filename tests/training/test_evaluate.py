@@ -23,6 +23,8 @@ def test_sentiment_accuracy_counts_correct_predictions():
     assert evaluate.sentiment_accuracy(model, pairs, batch_size=3)["accuracy"] == 100.0
     flipped = [(t, 1 - label) for t, label in pairs]
     assert evaluate.sentiment_accuracy(model, flipped)["accuracy"] == 0.0
+    # the one wrong answer sits in the last, short batch (3 + 1): it must be counted too
+    assert evaluate.sentiment_accuracy(model, [*pairs[:3], flipped[3]], batch_size=3)["accuracy"] == 75.0
 
 
 def test_char_loss_equals_cross_entropy_of_windows_from_a_zero_state():
