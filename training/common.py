@@ -131,6 +131,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     dist.init_process_group(backend)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    log.info("distributed data parallel: rank %d of %d (%s)", dist.get_rank(), world, backend)
     return dist.get_rank(), world
 
 
