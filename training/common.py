@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ def parse_config(cls: type, argv: list[str] | None, profiles: dict[str, dict[str
             parser.add_argument(flag, type=kind, default=None, help=text,
                                 choices=f.metadata["choices"])
     args = parser.parse_args(argv)
+    git_commit()  # the commit this run starts from (cached for its artifact's metrics)
     values = {**profiles[args.profile]}
     values.update({k: v for k, v in vars(args).items() if k != "profile" and v is not None})
     config = cls(**values)
@@ -281,7 +283,10 @@ def end_training(world: int, rank: int, directory: Path, module: nn.Module) -> b
 
 # ---- the finished artifact ----
 
+@functools.cache
 def git_commit() -> str:
+    """HEAD when first asked, which parse_config does as a run starts: an artifact names the
+    commit its run started from, not whatever was checked out by the time it finished."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()

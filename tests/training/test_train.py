@@ -15,7 +15,15 @@ import torch
 from models.generator import CharGenerator, CharLM
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
-from training import averaged_vs_raw, data, evaluate, train_generator, train_sentiment, train_translator
+from training import (
+    averaged_vs_raw,
+    common,
+    data,
+    evaluate,
+    train_generator,
+    train_sentiment,
+    train_translator,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -116,6 +124,27 @@ def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(
     assert {v.dtype for v in last["model"].values() if v.is_floating_point()} == {torch.float32}
     assert metrics["run_config"]["autocast"] == "bfloat16"
     assert 0 < metrics["test"]["val_loss"] < 10
+
+
+def test_the_artifact_names_the_commit_its_run_started_from(tmp_path, monkeypatch):
+    head = ["a" * 40]
+    train_epoch = common.train_epoch
+
+    def train_and_move_head(*args, **kwargs):
+        loss = train_epoch(*args, **kwargs)
+        head[0] = "b" * 40  # someone commits while the run trains
+        return loss
+
+    monkeypatch.setattr(common, "train_epoch", train_and_move_head)
+    monkeypatch.setattr(common.subprocess, "run",
+                        lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, head[0], ""))
+    common.git_commit.cache_clear()
+    try:
+        metrics = train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10",
+                                        "--no-store", "--checkpoint-dir", str(tmp_path / "ck")])
+    finally:
+        common.git_commit.cache_clear()
+    assert metrics["git_commit"] == "a" * 40
 
 
 def test_sentiment_ema_ships_the_average(tmp_path):
