@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                    for _ in range(min(run.eval_every, run.steps - progress.step))]
         train_loss = common.train_epoch(batches, batch_loss, optimizer, module, run.clip,
                                         progress, rank, averaged, schedule,
-                                        run.step_precision(device))
+                                        precision=run.step_precision(device))
         served.eval()
         val = char_loss(model, splits["val"], **validate)["val_loss"]
         best = common.end_epoch(progress, {"train_loss": train_loss, "val_loss": val}, val, False,
