@@ -17,6 +17,8 @@ import pytest
 import yaml
 from deploy_helpers import BIN, REPO, bentoml_server, import_tiny_models, store_env
 
+from models.sentiment import LABELS, SentimentClassifier
+
 pytestmark = pytest.mark.slow
 
 MODELS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
@@ -99,7 +101,7 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck(built):
     assert "nvidia" not in dockerfile.lower() and "cuda" not in dockerfile.lower()
 
 
-def test_exported_bento_serves_on_its_own(built, tmp_path):
+def test_exported_bento_serves_on_its_own(built, tiny_shipped_dir, tmp_path):
     archive = tmp_path / "rnn-serve.bento"
     subprocess.run([str(BIN / "bentoml"), "export", built["tag"], str(archive)],
                    env=store_env(built["home"]), check=True, capture_output=True, timeout=300)
@@ -120,4 +122,8 @@ def test_exported_bento_serves_on_its_own(built, tmp_path):
                                          data=json.dumps({"texts": ["a good film"]}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
-            assert json.load(response)[0]["label"] in {"negative", "positive"}
+            answer = json.load(response)[0]
+    # the bento's copy of the model answers as the artifact it was built from
+    expected = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn").predict_proba(["a good film"])[0]
+    assert answer["label"] == LABELS[int(expected.argmax())]
+    assert list(answer["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
