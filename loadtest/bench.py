@@ -644,8 +644,8 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["Every server below runs with "
                   + ", ".join(f"`{k}={v}`" for k, v in base_settings.items())
                   + " besides its own settings.", ""]
-    precision = report.get("precision", "float32")
-    lines += ["## Targets", "", f"{precision} (\"batching on\"), against the {precision} ceiling.", "",
+    served = report.get("precision", "float32")  # the precision every server ran at
+    lines += ["## Targets", "", f"{served} (\"batching on\"), against the {served} ceiling.", "",
               *target_table(report["targets"])]
     for precision, rows in (report.get("targets_lower") or {}).items():
         lines += ["", f"With `RNNSERVE_PRECISION={precision}` (\"{precision}\" below), against the "
