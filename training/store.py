@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                             help=f"folder of shipped artifacts (default {SHIPPED_DIR})")
     ship_cmd = commands.add_parser("ship", help="copy store models into models/pretrained/")
     ship_cmd.add_argument("tags", nargs="+", help="store tags, e.g. sentiment-rnn:latest")
+    ship_cmd.add_argument("--dir", type=Path, default=SHIPPED_DIR,
+                          help=f"folder of shipped artifacts to write into (default {SHIPPED_DIR})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "import-shipped":
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("imported %s", ", ".join(tags) if tags else "nothing: the store has every shipped model")
     else:
         for tag in args.tags:
-            log.info("shipped %s to %s", tag, ship(tag))
+            log.info("shipped %s to %s", tag, ship(tag, args.dir))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import psutil
 from prometheus_client.metrics import MetricWrapperBase
+
+from loadtest.bench import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -74,12 +75,6 @@ def promql_metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\$\{?\w+\}?", " ", expr)
     names = set(re.findall(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*+(?!\s*\()", expr))
     return {name for name in names if name.lower() not in PROMQL_KEYWORDS}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def store_env(bentoml_home: Path) -> dict[str, str]:

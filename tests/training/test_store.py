@@ -38,10 +38,8 @@ def test_ship_copies_a_store_model_with_its_tag(tmp_path):
     home = tmp_path / "home"
     run_store(home, "import-shipped", "--dir", str(shipped))
     out = tmp_path / "out"
-    code = ("import sys; from pathlib import Path; from training.store import ship; "
-            f"ship('sentiment-rnn:latest', Path({str(out)!r}))")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=120)
+    assert f"to {out / 'sentiment-rnn'}" in run_store(home, "ship", "--dir", str(out),
+                                                      "sentiment-rnn:latest")
     info = json.loads((out / "sentiment-rnn" / "bentoml.json").read_text())
     assert (info["name"], info["version"]) == ("sentiment-rnn", "vtest")
     assert (out / "sentiment-rnn" / "weights.safetensors").read_bytes() == (
