@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, save_module
-from models.rnn import State, from_state, make_rnn, recurrence, to_state
+from models.rnn import State, from_state, make_rnn, recurrence, run_rnn, to_state
 from models.vocab import SPECIALS, UNK_ID, Vocab
 
 TASK = "generator"
@@ -56,7 +56,7 @@ class CharLM(nn.Module):
             state = self.init_state(tokens.shape[0])
         embedded = self.embedding(tokens)  # (B, T, E)
         rnn = recurrence(self.rnn, self.config.weight_drop, self.training)
-        outputs, hidden = rnn(embedded, from_state(state, self.config.cell))  # (B, T, H)
+        outputs, hidden = run_rnn(rnn, embedded, from_state(state, self.config.cell))  # (B, T, H)
         return self.head(self.dropout(outputs)), to_state(hidden)
 
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:

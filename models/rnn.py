@@ -69,6 +69,48 @@ def recurrence(rnn: nn.RNNBase, weight_drop: float, training: bool) -> nn.RNNBas
     return partial(weight_dropped, rnn, weight_drop) if training and weight_drop else rnn
 
 
+# torch's functions for one step of each cell, as nn.RNNBase.mode names it
+CELL_STEPS = {"RNN_TANH": torch.rnn_tanh_cell, "RNN_RELU": torch.rnn_relu_cell,
+              "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}
+
+
+def run_rnn(rnn: nn.RNNBase | Callable, inputs: Tensor, hidden: Tensor | tuple[Tensor, Tensor]
+            ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """`rnn(inputs, hidden)` for batch_first `inputs` (B, T, I); a single time step of a
+    one-direction torch RNN at inference goes through `one_step` instead, the same arithmetic."""
+    if (inputs.shape[1] == 1 and type(rnn) in (nn.RNN, nn.GRU, nn.LSTM) and not rnn.training
+            and not rnn.bidirectional and not getattr(rnn, "proj_size", 0) and rnn.batch_first):
+        return one_step(rnn, inputs, hidden)
+    return rnn(inputs, hidden)
+
+
+def one_step(rnn: nn.RNNBase, inputs: Tensor, hidden: Tensor | tuple[Tensor, Tensor]
+             ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """One time step of `rnn` (one direction, batch_first, inference): inputs (B, 1, I) ->
+    (outputs (B, 1, H), hidden), by torch's cell functions one layer after another.
+
+    Torch's own RNN computes the same (bit for bit in float32 when it runs its native kernels),
+    but on CPU it hands a float LSTM to oneDNN, which spends ~1.5-5 ms setting up every call:
+    more than a whole step of the shipped generator at batch 1 to 64 (0.3-5 ms this way). Over a
+    long sequence oneDNN's set-up pays for itself, so prompts and teacher forcing keep it.
+    """
+    cell = CELL_STEPS[rnn.mode]
+    lstm = rnn.mode == "LSTM"
+    x = inputs[:, 0]  # (B, I)
+    hs, cs = [], []
+    for layer in range(rnn.num_layers):
+        weights = [getattr(rnn, f"weight_{kind}_l{layer}") for kind in ("ih", "hh")]
+        biases = [getattr(rnn, f"bias_{kind}_l{layer}") if rnn.bias else None for kind in ("ih", "hh")]
+        if lstm:
+            x, c = cell(x, (hidden[0][layer], hidden[1][layer]), *weights, *biases)
+            cs.append(c)
+        else:
+            x = cell(x, hidden[layer], *weights, *biases)
+        hs.append(x)
+    outputs = x[:, None]  # (B, 1, H)
+    return (outputs, (torch.stack(hs), torch.stack(cs))) if lstm else (outputs, torch.stack(hs))
+
+
 def elman_recurrence(x: Tensor, w_xh: Tensor, w_hh: Tensor, b: Tensor | None = None,
                      h0: Tensor | None = None,
                      activation: Callable[[Tensor], Tensor] = torch.tanh) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.artifact import ArtifactError, check_vocab_size, load_weights, read_config, save_module
-from models.rnn import State, from_state, make_rnn, run_padded, to_state
+from models.rnn import State, from_state, make_rnn, run_padded, run_rnn, to_state
 from models.text import normalize_translation
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -128,7 +128,7 @@ class Seq2Seq(nn.Module):
     def decode(self, target_in: Tensor, state: State, enc: Encoded) -> tuple[Tensor, State, Tensor]:
         """target_in (B, T) -> logits (B, T, V), state, attention (B, T, S)."""
         embedded = self.dropout(self.target_embedding(target_in))  # (B, T, E)
-        outputs, hidden = self.decoder(embedded, from_state(state, self.config.cell))  # (B, T, 2H)
+        outputs, hidden = run_rnn(self.decoder, embedded, from_state(state, self.config.cell))  # (B, T, 2H)
         context, weights = self.attention(outputs, enc.keys, enc.outputs, enc.mask)  # (B, T, 2H)
         combined = torch.tanh(self.combine(torch.cat([outputs, context], dim=-1)))  # (B, T, 2H)
         return self.output(self.dropout(combined)), to_state(hidden), weights

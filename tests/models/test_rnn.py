@@ -11,7 +11,9 @@ from models.rnn import (
     elman_recurrence,
     from_state,
     make_rnn,
+    one_step,
     run_padded,
+    run_rnn,
     select_state,
     to_state,
     weight_dropped,
@@ -146,3 +148,59 @@ def test_weight_drop_of_zero_is_the_plain_rnn():
     expected, (h_ref, c_ref) = rnn(x, state)
     torch.testing.assert_close(outputs, expected)
     torch.testing.assert_close((h, c), (h_ref, c_ref))
+
+
+def random_hidden(rnn: torch.nn.RNNBase, batch: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    shape = (rnn.num_layers, batch, rnn.hidden_size)
+    return (torch.randn(shape), torch.randn(shape)) if rnn.mode == "LSTM" else torch.randn(shape)
+
+
+@pytest.mark.parametrize("rnn", [
+    torch.nn.RNN(4, 6, num_layers=2, batch_first=True),
+    torch.nn.RNN(4, 6, num_layers=2, batch_first=True, nonlinearity="relu", bias=False),
+    torch.nn.GRU(4, 6, num_layers=2, batch_first=True),
+    torch.nn.LSTM(4, 6, num_layers=3, batch_first=True),
+    torch.nn.LSTM(4, 6, batch_first=True, bias=False),
+], ids=["rnn-tanh", "rnn-relu-no-bias", "gru", "lstm-3-layers", "lstm-no-bias"])
+def test_one_step_is_the_rnns_own_step(rnn):
+    torch.manual_seed(0)
+    rnn.eval()
+    inputs, hidden = torch.randn(5, 1, 4), random_hidden(rnn, 5)
+    with torch.inference_mode():
+        outputs, new_hidden = one_step(rnn, inputs, hidden)
+        expected, expected_hidden = rnn(inputs, hidden)  # oneDNN's kernels for the LSTMs
+        torch.testing.assert_close(outputs, expected)
+        torch.testing.assert_close(new_hidden, expected_hidden)
+        with torch.backends.mkldnn.flags(enabled=False):  # torch's native kernels: bit for bit
+            expected, expected_hidden = rnn(inputs, hidden)
+        assert torch.equal(outputs, expected)
+        for part, expected_part in zip(to_state(new_hidden), to_state(expected_hidden), strict=True):
+            assert torch.equal(part, expected_part)
+
+
+def test_one_step_runs_in_bfloat16():
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True).eval().to(torch.bfloat16)
+    inputs = torch.randn(3, 1, 4, dtype=torch.bfloat16)
+    hidden = tuple(part.to(torch.bfloat16) for part in random_hidden(rnn, 3))
+    with torch.inference_mode():
+        outputs, _ = one_step(rnn, inputs, hidden)
+        expected, _ = rnn(inputs, hidden)
+    assert outputs.dtype == torch.bfloat16
+    torch.testing.assert_close(outputs, expected, atol=0.02, rtol=0.02)
+
+
+def test_run_rnn_steps_by_cell_only_one_inference_step(monkeypatch):
+    import models.rnn
+
+    calls = []
+    monkeypatch.setattr(models.rnn, "one_step", lambda *args: calls.append(args) or ("stepped", None))
+    lstm = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True, dropout=0.5)
+    hidden = random_hidden(lstm, 2)
+    one, two = torch.randn(2, 1, 4), torch.randn(2, 2, 4)
+    run_rnn(lstm, one, hidden)  # training: dropout between layers is torch's to draw
+    run_rnn(lstm.eval(), two, hidden)  # a sequence: oneDNN's set-up pays for itself
+    bidirectional = torch.nn.LSTM(4, 6, batch_first=True, bidirectional=True).eval()
+    run_rnn(bidirectional, one, (torch.randn(2, 2, 6), torch.randn(2, 2, 6)))
+    assert calls == []
+    assert run_rnn(lstm, one, hidden) == ("stepped", None)
