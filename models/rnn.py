@@ -90,9 +90,9 @@ def one_step(rnn: nn.RNNBase, inputs: Tensor, hidden: Tensor | tuple[Tensor, Ten
     (outputs (B, 1, H), hidden), by torch's cell functions one layer after another.
 
     Torch's own RNN computes the same (bit for bit in float32 when it runs its native kernels),
-    but on CPU it hands a float LSTM to oneDNN, which spends ~1.5-5 ms setting up every call:
-    more than a whole step of the shipped generator at batch 1 to 64 (0.3-5 ms this way). Over a
-    long sequence oneDNN's set-up pays for itself, so prompts and teacher forcing keep it.
+    but on CPU it hands a float LSTM to oneDNN, which sets up every call anew: for one step that
+    costs more than the step (`python -m loadtest.rnn_step` measures both ways). Over a whole
+    sequence oneDNN's set-up pays for itself, so prompts and teacher forcing keep torch's path.
     """
     cell = CELL_STEPS[rnn.mode]
     lstm = rnn.mode == "LSTM"

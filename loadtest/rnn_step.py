@@ -1,0 +1,120 @@
+"""What one generator step and one prompt cost, by the path torch takes: oneDNN or the cell functions.
+
+    python -m loadtest.rnn_step                   # the shipped generator, 1 torch thread
+    python -m loadtest.rnn_step --models DIR --out reports/bench/rnn_step.md
+
+On CPU torch hands a float LSTM to oneDNN, which sets up every call anew. For a whole prompt that
+set-up pays for itself; for one step of a running batch it costs more than the step.
+`models.rnn.one_step` runs a step through torch's cell functions instead. This measures, in
+milliseconds per call (median of repeated calls, after warm-up), one step at each batch size and
+one prompt pass at batch 1, both ways, on the same state and input, and the largest difference
+between their logits. Writes markdown to `--out` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from loadtest.payloads import load_validation_texts
+from models.generator import CharGenerator
+from models.rnn import from_state
+from models.vocab import SPECIALS
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
+BATCHES = (1, 8, 16, 32, 64)
+PROMPTS = 50  # of the Tiny Shakespeare val prompts the load tests send
+
+
+def milliseconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `call` over `repeats` calls, after 5 untimed ones."""
+    for _ in range(5):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[str]:
+    module = generator.module.eval()
+    cell = module.config.cell
+
+    def torch_module_step(tokens: torch.Tensor, state: tuple) -> torch.Tensor:
+        """The step as torch's RNN module runs it (oneDNN on CPU for a float LSTM)."""
+        outputs, _ = module.rnn(module.embedding(tokens[:, None]), from_state(state, cell))
+        return module.head(outputs[:, 0])
+
+    lines = ["| one step at batch | torch's RNN module, ms | cell functions (`one_step`), ms | "
+             "speed-up | max logit difference |", "|---|---|---|---|---|"]
+    torch.manual_seed(0)
+    for batch in BATCHES:
+        tokens = torch.randint(len(SPECIALS), len(generator.vocab.itos), (batch,))
+        state = tuple(0.1 * torch.randn_like(part) for part in module.init_state(batch))
+        slow = milliseconds(partial(torch_module_step, tokens, state), repeats)
+        fast = milliseconds(partial(module.step, tokens, state), repeats)
+        gap = (torch_module_step(tokens, state) - module.step(tokens, state)[0]).abs().max().item()
+        lines.append(f"| {batch} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x | {gap:.1e} |")
+
+    # a prompt is one call over all its characters, which keeps torch's path: oneDNN on vs off
+    encoded = [torch.tensor([generator.encode(prompt)]) for prompt in prompts]
+
+    def prompt_passes() -> None:
+        for ids in encoded:
+            module(ids)
+
+    calls = max(3, repeats // 20)
+    with_onednn = milliseconds(prompt_passes, calls) / len(encoded)
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+    try:
+        without = milliseconds(prompt_passes, calls) / len(encoded)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+    chars = statistics.median(ids.shape[1] for ids in encoded)
+    lines += ["", "| one prompt at batch 1 (median characters) | oneDNN on (the module's path), ms | "
+              "oneDNN off, ms |", "|---|---|---|",
+              f"| {len(encoded)} prompts ({chars:.0f}) | {with_onednn:.2f} | {without:.2f} |"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
+                        help="folder holding the char-generator artifact (the shipped one by default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the service's default: 1)")
+    parser.add_argument("--repeats", type=int, default=200, help="timed calls per figure")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
+    args = parser.parse_args(argv)
+    shown = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(args.threads)
+    generator = CharGenerator.load(args.models / "char-generator")
+    prompts = load_validation_texts().prompts[:PROMPTS]
+    with torch.inference_mode():
+        lines = measure(generator, prompts, args.repeats)
+    text = "\n".join([
+        "# One generator step and one prompt, by torch path",
+        "",
+        f"Written by `{' '.join(['python -m loadtest.rnn_step', *shown])}` with torch "
+        f"{torch.__version__}, {args.threads} torch thread(s), {args.repeats} timed calls per step "
+        "figure; medians.",
+        "",
+        *lines,
+        "",
+    ])
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
