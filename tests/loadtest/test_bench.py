@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-# loadtest/ is not an installed package: import it from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loadtest import bench  # noqa: E402
-from loadtest.bench import (  # noqa: E402
+from loadtest import bench
+from loadtest.bench import (
     CEILING_BATCHES,
     batchmate_shift,
     items_per_second,

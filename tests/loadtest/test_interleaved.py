@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# loadtest/ is not an installed package: import it from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loadtest.interleaved import summarize, write_markdown  # noqa: E402
+from loadtest.interleaved import summarize, write_markdown
 
 
 def side(rps: float, p50: float) -> dict[str, float]:

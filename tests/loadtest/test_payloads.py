@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-# loadtest/ is not an installed package: import it from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loadtest.payloads import MAX_PROMPT_CHARS, Bodies, ValidationTexts, shakespeare_prompts  # noqa: E402
+from loadtest.payloads import MAX_PROMPT_CHARS, Bodies, ValidationTexts, shakespeare_prompts
 
 SCRIPT = "BOB:\nA line.\nAnother line.\nA third.\n\nALICE:\nShort.\n\nstage direction only\n\nX:"
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import csv
-import sys
-from pathlib import Path
 
-# loadtest/ is not an installed package: import it from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loadtest.slo import SLOS, Objective, breaches, main, read_stats  # noqa: E402
+from loadtest.slo import SLOS, Objective, breaches, main, read_stats
 
 COLUMNS = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "95%", "99%"]
 
