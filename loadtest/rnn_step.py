@@ -74,11 +74,8 @@ def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[
 
     calls = max(3, repeats // 20)
     with_onednn = milliseconds(prompt_passes, calls) / len(encoded)
-    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
-    try:
+    with torch.backends.mkldnn.flags(enabled=False):
         without = milliseconds(prompt_passes, calls) / len(encoded)
-    finally:
-        torch.backends.mkldnn.enabled = enabled
     chars = statistics.median(ids.shape[1] for ids in encoded)
     lines += ["", "| one prompt at batch 1 (median characters) | oneDNN on (the module's path), ms | "
               "oneDNN off, ms |", "|---|---|---|",

@@ -131,12 +131,6 @@ def processes_using(directory: Path) -> list[psutil.Process]:
     return found
 
 
-def import_tiny_models(shipped_dir: Path, bentoml_home: Path) -> None:
-    """Fill a BentoML store with the shipped-layout models in `shipped_dir`, as `make serve` does."""
-    subprocess.run([sys.executable, "-m", "training.store", "import-shipped", "--dir", str(shipped_dir)],
-                   cwd=REPO, env=store_env(bentoml_home), check=True, capture_output=True, timeout=300)
-
-
 @contextmanager
 def bentoml_server(target: str, env: dict[str, str], cwd: Path, log_path: Path) -> Iterator[str]:
     """`bentoml serve target` on a free loopback port; yields its URL once /readyz answers 200.

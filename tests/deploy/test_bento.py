@@ -15,8 +15,9 @@ import urllib.request
 
 import pytest
 import yaml
-from deploy_helpers import BIN, REPO, bentoml_server, import_tiny_models, store_env
+from deploy_helpers import BIN, REPO, bentoml_server, store_env
 
+from loadtest.bench import import_models
 from models.sentiment import LABELS, SentimentClassifier
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def network_off() -> list[str]:
 def built(tiny_shipped_dir, tmp_path_factory) -> dict:
     """`bentoml build` of bentofile.yaml into a fresh store; the bento's folder and tag."""
     home = tmp_path_factory.mktemp("bento_home")
-    import_tiny_models(tiny_shipped_dir, home)
+    import_models(tiny_shipped_dir, home)
     command = [*network_off(), str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "-o", "tag"]
     result = subprocess.run(command, cwd=REPO, env=store_env(home), capture_output=True, text=True,
                             timeout=600)

@@ -27,14 +27,14 @@ from deploy_helpers import (
     DEPLOY,
     REPO,
     bentoml_server,
-    free_port,
-    import_tiny_models,
     processes_using,
     rnnserve_metrics,
     stop,
     store_env,
     wait_for_http,
 )
+
+from loadtest.bench import free_port, import_models
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def running_prometheus(target: str, directory: Path) -> Iterator[Prometheus]:
 
 def test_prometheus_agrees_with_the_traffic_sent(tiny_shipped_dir, tmp_path):
     home = tmp_path / "bentoml_home"
-    import_tiny_models(tiny_shipped_dir, home)
+    import_models(tiny_shipped_dir, home)
     try:
         server = bentoml_server("service.app:RNNServe", store_env(home), REPO, tmp_path / "serve.log")
         with server as service, running_prometheus(urllib.parse.urlsplit(service).netloc, tmp_path) as prom:
