@@ -50,7 +50,8 @@ class Settings:
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "
                              "429", 1)
     # compute
-    precision: str = setting("float32", "float32; bfloat16: every weight and activation in "
+    precision: str = setting("float32", "float32; float16: float16 LSTM/GRU/Linear weights, "
+                             "float32 arithmetic; bfloat16: every weight and activation in "
                              "bfloat16; or int8: dynamic int8 LSTM/GRU/Linear weights "
                              "(models.quantize). Made at load from the same artifacts; the README "
                              "gives their speed, quality and batch independence", choices=PRECISIONS)

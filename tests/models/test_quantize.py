@@ -1,4 +1,5 @@
-"""models.quantize: bfloat16 and int8 copies answer like the float models, and leave them untouched."""
+"""models.quantize: float16-weight, bfloat16 and int8 copies answer like the float models, and leave
+them untouched."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from conftest import make_tiny_generator, make_tiny_sentiment, make_tiny_transla
 from torch import nn
 
 from models.generator import CharGenerator
-from models.quantize import bfloat16, dynamic_int8, with_precision
+from models.quantize import bfloat16, dynamic_float16, dynamic_int8, with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 from models.vocab import BOS_ID
@@ -26,6 +27,59 @@ def teacher_forced_logits(translator: Translator) -> torch.Tensor:
 
 def quantized_layers(module: nn.Module) -> set[str]:
     return {type(m).__module__ for m in module.modules() if "quantized" in type(m).__module__}
+
+
+def as_shipped(module: nn.Module) -> nn.Module:
+    """`module` with every weight rounded to float16 and held as float32: what loading a shipped
+    artifact (stored in float16) gives."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(parameter.half().float())
+    return module
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_float16_weights_answer_as_the_float_model_whatever_the_batchmates(cell):
+    classifier = make_tiny_sentiment(cell=cell)
+    as_shipped(classifier.module)
+    before = {k: v.clone() for k, v in classifier.module.state_dict().items()}
+    half = SentimentClassifier(dynamic_float16(classifier.module), classifier.vocab)
+    assert quantized_layers(half.module) and not quantized_layers(classifier.module)
+    for key, value in classifier.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # weights that are float16 values already lose nothing: only the order of the sums changes
+    probabilities = half.predict_proba(REVIEWS)
+    assert probabilities.dtype == torch.float32
+    torch.testing.assert_close(probabilities, classifier.predict_proba(REVIEWS), atol=1e-6, rtol=0)
+    assert torch.equal(half.predict_proba(REVIEWS[:2])[0], half.predict_proba(REVIEWS[::2])[0])
+
+
+def test_float16_generator_steps_alike_alone_and_in_a_batch():
+    generator = make_tiny_generator(cell="lstm")
+    as_shipped(generator.module)
+    half = CharGenerator(dynamic_float16(generator.module), generator.vocab)
+    logits, _ = half.module(torch.tensor([half.encode("To be")]))
+    reference, _ = generator.module(torch.tensor([generator.encode("To be")]))
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+    tokens = torch.tensor([3, 7, 11])
+    state = tuple(torch.randn_like(part) for part in half.module.init_state(3))
+    batched, _ = half.module.step(tokens, state)
+    alone, _ = half.module.step(tokens[1:2], tuple(part[:, 1:2] for part in state))
+    assert torch.equal(batched[1:2], alone)
+    assert half.generate("To be", max_tokens=20, seed=3) == half.generate("To be", max_tokens=20, seed=3)
+
+
+def test_float16_translator_decodes_with_attention_rows_summing_to_one():
+    translator = make_tiny_translator(cell="gru")
+    as_shipped(translator.module)
+    half = Translator(dynamic_float16(translator.module), translator.source_spm, translator.target_spm)
+    torch.testing.assert_close(teacher_forced_logits(half), teacher_forced_logits(translator),
+                               atol=1e-5, rtol=0)
+    for translation in half.translate(["der film", "ein gutes buch ist nicht lang"], beam_size=2,
+                                      max_length=12):
+        assert len(translation.target_tokens) <= 12
+        for row in translation.attention:
+            assert sum(row) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -66,17 +120,19 @@ def test_int8_translator_decodes_with_attention_rows_summing_to_one():
             assert sum(row) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_elman_rnn_stays_float():
+@pytest.mark.parametrize("copy", [dynamic_int8, dynamic_float16])
+def test_the_elman_rnn_stays_float(copy):
     classifier = make_tiny_sentiment(cell="rnn")
-    int8 = dynamic_int8(classifier.module)
-    assert type(int8.rnn) is nn.RNN
-    assert "quantized" in type(int8.classifier).__module__
+    lowered = copy(classifier.module)
+    assert type(lowered.rnn) is nn.RNN
+    assert "quantized" in type(lowered.classifier).__module__
 
 
 def test_with_precision():
     module = make_tiny_sentiment().module
     assert with_precision(module, "float32") is module
     assert quantized_layers(with_precision(module, "int8"))
+    assert quantized_layers(with_precision(module, "float16"))
     assert {p.dtype for p in with_precision(module, "bfloat16").parameters()} == {torch.bfloat16}
     assert {p.dtype for p in module.parameters()} == {torch.float32}
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -1,4 +1,4 @@
-"""RNNSERVE_PRECISION=int8 and =bfloat16 over real HTTP: the service answers with those copies of
+"""RNNSERVE_PRECISION=float16, =int8 and =bfloat16 over real HTTP: the service answers with those copies of
 its models."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from models.translator import Translator
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["int8", "bfloat16"])
+@pytest.fixture(scope="module", params=["float16", "int8", "bfloat16"])
 def precision(request) -> str:
     return request.param
 
