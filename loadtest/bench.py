@@ -15,9 +15,10 @@ batching on vs off, resident memory and cold start, in one run on one machine.
    their first chunk (time to first token).
 3. The ratio service / ceiling, and the same service with batching off (RNNSERVE_MAX_BATCH_SIZE=1,
    RNNSERVE_MAX_ACTIVE_SEQUENCES=1).
-4. Lower precisions (models.quantize: bfloat16 and dynamic int8): validation quality, batch
-   independence and ceiling of those copies, and the service with RNNSERVE_PRECISION=bfloat16 and
-   =int8 measured like the default one, each against its own ceiling.
+4. Lower precisions (models.quantize: float16 weights, bfloat16 and dynamic int8): validation
+   quality, batch independence and ceiling of those copies, and the service with
+   RNNSERVE_PRECISION=float16, =bfloat16 and =int8 measured like the default one, each against its
+   own ceiling.
 Also: the resident memory of every server process together, and the time from start to /readyz.
 """
 
@@ -65,7 +66,7 @@ CEILING_BATCHES = (1, 8, 16, 32, 64)
 CONCURRENCY = (1, 16, 64)
 GENERATE_TOKENS = 200
 BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
-LOWER_PRECISIONS = PRECISIONS[1:]  # bfloat16, int8: each also a service variant of that name
+LOWER_PRECISIONS = PRECISIONS[1:]  # float16, bfloat16, int8: each also a service variant of that name
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
 GC_LONG_S = 0.025  # a garbage collection pause this long shows in the tail (a bucket bound)
@@ -662,7 +663,8 @@ def write_markdown(report: dict, path: Path) -> None:
         precisions = report["precisions"]
         lower = list(precisions["ceilings"])
         lines += ["", "## Lower precisions (`RNNSERVE_PRECISION`)", "",
-                  "`models.quantize`: bfloat16 copies every weight and activation to bfloat16; "
+                  "`models.quantize`: float16 stores every LSTM, GRU and Linear weight in float16 "
+                  "and computes in float32; bfloat16 copies every weight and activation to bfloat16; "
                   "int8 stores every LSTM, GRU and Linear weight in int8 and quantizes activations "
                   "with one scale per batch; same thread count. Quality on validation "
                   "splits (SST-2 dev accuracy %, Tiny Shakespeare val bits per character over "
@@ -786,7 +788,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="serve and measure every server and the ceiling at this precision, as if "
-                             "it were the default (bfloat16, int8: no lower-precision section)")
+                             "it were the default (float16, bfloat16, int8: no lower-precision section)")
     parser.add_argument("--skip-precisions", "--skip-quantization", action="store_true",
                         help="skip bfloat16 and int8: their validation quality, ceilings and servers")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),

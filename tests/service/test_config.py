@@ -32,7 +32,7 @@ def test_variables_override_with_their_types():
     ("RNNSERVE_TORCH_THREADS", "two", "expected int"),
     ("RNNSERVE_MAX_BATCH_SIZE", "0", "at least 1"),
     ("RNNSERVE_MAX_WAIT_MS", "-1", "at least 0"),
-    ("RNNSERVE_PRECISION", "int4", "one of float32, bfloat16, int8"),
+    ("RNNSERVE_PRECISION", "int4", "one of float32, float16, bfloat16, int8"),
 ])
 def test_a_bad_value_names_the_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}=.*{message}"):
