@@ -15,10 +15,12 @@ batching on vs off, resident memory and cold start, in one run on one machine.
    their first chunk (time to first token).
 3. The ratio service / ceiling, and the same service with batching off (RNNSERVE_MAX_BATCH_SIZE=1,
    RNNSERVE_MAX_ACTIVE_SEQUENCES=1).
-4. Lower precisions (models.quantize: float16 weights, bfloat16 and dynamic int8): validation
-   quality, batch independence and ceiling of those copies, and the service with
-   RNNSERVE_PRECISION=float16, =bfloat16 and =int8 measured like the default one, each against its
-   own ceiling.
+4. Precisions (models.quantize: float32, float16 weights, bfloat16 and dynamic int8): validation
+   quality, batch independence and ceiling of every model at each, and the service with every
+   model at each (RNNSERVE_PRECISION=float32, =float16, =bfloat16, =int8) measured like the
+   default one, each against its own ceiling. The default server (service.config's
+   DEFAULT_PRECISION: each task its own precision) is measured against the ceiling of each model
+   at its precision.
 Also: the resident memory of every server process together, and the time from start to /readyz.
 """
 
@@ -55,6 +57,7 @@ from models.quantize import PRECISIONS, with_precision
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
+from service.config import DEFAULT_PRECISION, parse_precisions
 from training import data
 from training.evaluate import char_loss, sentiment_accuracy, translation_bleu
 
@@ -66,7 +69,7 @@ CEILING_BATCHES = (1, 8, 16, 32, 64)
 CONCURRENCY = (1, 16, 64)
 GENERATE_TOKENS = 200
 BATCHING_OFF = {"RNNSERVE_MAX_BATCH_SIZE": "1", "RNNSERVE_MAX_ACTIVE_SEQUENCES": "1"}
-LOWER_PRECISIONS = PRECISIONS[1:]  # float16, bfloat16, int8: each also a service variant of that name
+ENDPOINT_TASKS = {"sentiment": "sentiment", "translate": "translator", "generate": "generator"}
 MODEL_FOLDERS = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 READY_TIMEOUT_S = 180
 GC_LONG_S = 0.025  # a garbage collection pause this long shows in the tail (a bucket bound)
@@ -143,12 +146,15 @@ class Pipelines:
                    CharGenerator.load(models_dir / "char-generator"))
 
     def at_precision(self, precision: str) -> Pipelines:
-        """Copies at `precision` (models.quantize), as the service makes them."""
+        """Copies at `precision` (models.quantize): one for every model, or TASK=PRECISION items
+        over the service's default (service.config.parse_precisions), as the service makes them."""
+        by_task = parse_precisions(precision)
         return Pipelines(
-            SentimentClassifier(with_precision(self.classifier.module, precision), self.classifier.vocab),
-            Translator(with_precision(self.translator.module, precision), self.translator.source_spm,
-                       self.translator.target_spm),
-            CharGenerator(with_precision(self.generator.module, precision), self.generator.vocab))
+            SentimentClassifier(with_precision(self.classifier.module, by_task["sentiment"]),
+                                self.classifier.vocab),
+            Translator(with_precision(self.translator.module, by_task["translator"]),
+                       self.translator.source_spm, self.translator.target_spm),
+            CharGenerator(with_precision(self.generator.module, by_task["generator"]), self.generator.vocab))
 
     def runs(self, texts: ValidationTexts) -> dict[str, tuple[Callable[[list], int], list]]:
         """Per endpoint: run(batch) -> units made, and the inputs to batch."""
@@ -213,14 +219,21 @@ def validation_quality(pipelines: Pipelines) -> dict[str, float]:
 
 
 def measure_precisions(pipelines: Pipelines, texts: ValidationTexts, min_seconds: float) -> dict:
-    """float32 vs each lower precision: validation quality, and the ceiling at each batch size."""
-    lowered = {precision: pipelines.at_precision(precision) for precision in LOWER_PRECISIONS}
-    result = {"quality": {"float32": validation_quality(pipelines),
-                          **{precision: validation_quality(p) for precision, p in lowered.items()}},
+    """Every model at each precision, from the float32 `pipelines`: validation quality, and the
+    ceiling at each batch size."""
+    copies = {precision: pipelines.at_precision(precision) for precision in PRECISIONS}
+    result = {"quality": {precision: validation_quality(p) for precision, p in copies.items()},
               "ceilings": {precision: measure_ceiling(p, texts, min_seconds)
-                           for precision, p in lowered.items()}}
+                           for precision, p in copies.items()}}
     log.info("precisions: %s", result["quality"])
     return result
+
+
+def mixed_ceiling(ceilings: dict[str, dict], precision: str) -> dict[str, dict[str, float]]:
+    """The ceiling of servers at `precision` (per task) from the ceilings of each precision."""
+    by_task = parse_precisions(precision)
+    return {name: ceilings[by_task[task]][name] for name, task in ENDPOINT_TASKS.items()
+            if name in ceilings[by_task[task]]}
 
 
 # -- 2. the service ------------------------------------------------------------------------------
@@ -645,13 +658,13 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["Every server below runs with "
                   + ", ".join(f"`{k}={v}`" for k, v in base_settings.items())
                   + " besides its own settings.", ""]
-    served = report.get("precision", "float32")  # the precision every server ran at
-    lines += ["## Targets", "", f"{served} (\"batching on\"), against the {served} ceiling.", "",
-              *target_table(report["targets"])]
+    served = report.get("precision", "float32")  # RNNSERVE_PRECISION of the servers
+    lines += ["## Targets", "", f"`RNNSERVE_PRECISION={served}` (\"batching on\"), against the ceiling "
+              "of the same models at the same precisions.", "", *target_table(report["targets"])]
     for precision, rows in (report.get("targets_lower") or {}).items():
-        lines += ["", f"With `RNNSERVE_PRECISION={precision}` (\"{precision}\" below), against the "
-                  f"{precision} ceiling of the same {precision} models; batching on/off compares "
-                  "float32 servers only.", "", *target_table(rows)]
+        lines += ["", f"Every model at `RNNSERVE_PRECISION={precision}` (\"{precision}\" below), against "
+                  f"the {precision} ceiling of the same {precision} models; batching on/off compares the "
+                  "\"batching on\" and \"batching off\" servers only.", "", *target_table(rows)]
     threads = report["ceiling_threads"]
     lines += ["", f"## Ceiling: in-process, no HTTP, {threads} torch thread{'s' if threads > 1 else ''}", "",
               "| endpoint | unit | " + " | ".join(f"batch {b}" for b in CEILING_BATCHES) + " |",
@@ -661,8 +674,9 @@ def write_markdown(report: dict, path: Path) -> None:
                      + " | ".join(f"{by_batch[str(b)]:.0f}" for b in CEILING_BATCHES) + " |")
     if report["precisions"]:
         precisions = report["precisions"]
-        lower = list(precisions["ceilings"])
-        lines += ["", "## Lower precisions (`RNNSERVE_PRECISION`)", "",
+        lower = [p for p in precisions["ceilings"] if p != "float32"]
+        float32_ceiling = precisions["ceilings"].get("float32", report["ceiling"])
+        lines += ["", "## Precisions (`RNNSERVE_PRECISION`)", "",
                   "`models.quantize`: float16 stores every LSTM, GRU and Linear weight in float16 "
                   "and computes in float32; bfloat16 copies every weight and activation to bfloat16; "
                   "int8 stores every LSTM, GRU and Linear weight in int8 and quantizes activations "
@@ -676,7 +690,7 @@ def write_markdown(report: dict, path: Path) -> None:
         for key, value in precisions["quality"]["float32"].items():
             lines.append(f"| {key} | {value} | "
                          + " | ".join(str(precisions["quality"][p][key]) for p in lower) + " |")
-        for name, by_batch in report["ceiling"].items():
+        for name, by_batch in float32_ceiling.items():
             for batch, base in by_batch.items():
                 cells = [f"{precisions['ceilings'][p][name][batch]:.0f} "
                          f"({precisions['ceilings'][p][name][batch] / base:.2f}x)" for p in lower]
@@ -786,11 +800,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-endpoints", nargs="+", choices=tuple(ENDPOINTS), default=["sentiment"],
                         help="the endpoints --compare and --settings measure")
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="serve and measure every server and the ceiling at this precision, as if "
-                             "it were the default (float16, bfloat16, int8: no lower-precision section)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="serve and measure every model, server and ceiling at this one precision "
+                             "(RNNSERVE_PRECISION), as if it were the default; no precisions section "
+                             "(default: the service's default, "
+                             f"{DEFAULT_PRECISION})")
     parser.add_argument("--skip-precisions", "--skip-quantization", action="store_true",
-                        help="skip bfloat16 and int8: their validation quality, ceilings and servers")
+                        help="skip the precisions section: each precision's validation quality, "
+                             "ceilings and server")
     parser.add_argument("--only", nargs="+", choices=tuple(ENDPOINTS), default=tuple(ENDPOINTS),
                         help="measure only these endpoints (development; the report needs all)")
     args = parser.parse_args(argv)
@@ -805,15 +822,17 @@ def main(argv: list[str] | None = None) -> None:
     texts = load_validation_texts()
     bodies = request_bodies(texts)
     torch.set_num_threads(args.threads)
-    pipelines = Pipelines.load(args.models).at_precision(args.precision)
-    ceiling = measure_ceiling(pipelines, texts, args.ceiling_seconds)
-    lower = args.precision != "float32"
-    precisions = (None if args.skip_precisions or lower
+    uniform = args.precision is not None
+    served = args.precision or DEFAULT_PRECISION
+    pipelines = Pipelines.load(args.models)  # float32, as loaded
+    precisions = (None if args.skip_precisions or uniform
                   else measure_precisions(pipelines, texts, args.ceiling_seconds))
+    ceiling = (mixed_ceiling(precisions["ceilings"], served) if precisions
+               else measure_ceiling(pipelines.at_precision(served), texts, args.ceiling_seconds))
     del pipelines
 
     base = {**parse_settings(args.base_settings),
-            **({"RNNSERVE_PRECISION": args.precision} if lower else {})}
+            **({"RNNSERVE_PRECISION": args.precision} if uniform else {})}
     everything = {name: CONCURRENCY for name in args.only}
     variants = [Variant("batching on", REPO_ROOT, base, everything)]
     if not args.skip_off:
@@ -824,7 +843,7 @@ def main(argv: list[str] | None = None) -> None:
                                 {name: off[name] for name in args.only}, longer={"generate": 20}))
     if precisions:
         variants += [Variant(precision, REPO_ROOT, {**base, "RNNSERVE_PRECISION": precision}, everything)
-                     for precision in LOWER_PRECISIONS]
+                     for precision in PRECISIONS]
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         workdir = Path(tmp)
         bentoml_home = workdir / "bentoml_home"
@@ -851,13 +870,13 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine, "busy_processes_at_end": busy_processes()},
-        "models": str(args.models), "precision": args.precision, "ceiling_threads": args.threads,
+        "models": str(args.models), "precision": served, "ceiling_threads": args.threads,
         "base_settings": base,
         "wrk": {"threads": 1, "seconds": args.seconds, "warmup_seconds": args.warmup},
         "ceiling": ceiling, "precisions": precisions, "service": service, "comparisons": comparisons,
         "targets": targets(ceiling, service["batching on"], service.get("batching off")),
         "targets_lower": ({precision: targets(precisions["ceilings"][precision], service[precision], None)
-                           for precision in LOWER_PRECISIONS} if precisions else None),
+                           for precision in PRECISIONS} if precisions else None),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -112,12 +112,14 @@ class RNNServe:
             *(model_card(ref, translator_task.TASK, self.translators[source].module)
               for source, ref in (("de", self.translator_de_ref), ("ko", self.translator_ko_ref))),
         ]
+        precisions = settings.precisions
         for card in self.model_cards:
-            card["precision"] = settings.precision
+            card["precision"] = precisions[card["task"]]
             metrics.model_info.labels(card["name"], card["tag"], card["task"], card["cell"]).set(1)
         # after the cards: they count the float parameters the artifacts hold
-        for pipeline in (self.classifier, self.generator, *self.translators.values()):
-            pipeline.module = with_precision(pipeline.module, settings.precision)
+        for task, pipeline in ((sentiment_task.TASK, self.classifier), (generator_task.TASK, self.generator),
+                               *((translator_task.TASK, t) for t in self.translators.values())):
+            pipeline.module = with_precision(pipeline.module, precisions[task])
         self._warm_up()
 
         batching = {"max_batch_size": settings.max_batch_size,

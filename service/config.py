@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,40 @@ ENV_PREFIX = "RNNSERVE_"
 
 
 def setting(default: Any, help: str, minimum: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-    return dataclasses.field(default=default,
-                             metadata={"help": help, "minimum": minimum, "choices": choices})
+            choices: tuple[str, ...] | None = None,
+            parse: Callable[[Any], object] | None = None) -> Any:
+    """A field; `parse` checks a value read from the environment and raises ValueError."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum,
+                                                        "choices": choices, "parse": parse})
+
+
+# The tasks whose models RNNSERVE_PRECISION sets (models.sentiment/generator/translator.TASK).
+TASKS = ("sentiment", "generator", "translator")
+# float16 weights are lossless for artifacts stored in float16 (every one training writes) and
+# answer the same whatever the batchmates; the classifier stays float32, where float16 adds
+# least (README "Lower precisions").
+DEFAULT_PRECISION = "sentiment=float32,generator=float16,translator=float16"
+
+
+def parse_precisions(value: str) -> dict[str, str]:
+    """Each task's precision: `value` is comma-separated items applied in order, either a
+    precision for every task or TASK=PRECISION for one; tasks it leaves out keep the default.
+
+    >>> parse_precisions("float32")["generator"]
+    'float32'
+    >>> parse_precisions("generator=int8")
+    {'sentiment': 'float32', 'generator': 'int8', 'translator': 'float16'}
+    """
+    precisions: dict[str, str] = {}
+    for items in (DEFAULT_PRECISION, value):
+        for item in filter(None, (part.strip() for part in items.split(","))):
+            task, _, precision = item.rpartition("=")
+            if precision not in PRECISIONS:
+                raise ValueError(f"{precision!r} is not a precision: must be one of {', '.join(PRECISIONS)}")
+            if task and task not in TASKS:
+                raise ValueError(f"{task!r} is not a task: must be one of {', '.join(TASKS)}")
+            precisions.update({name: precision for name in ((task,) if task else TASKS)})
+    return precisions
 
 
 @dataclass(frozen=True)
@@ -50,11 +81,14 @@ class Settings:
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "
                              "429", 1)
     # compute
-    precision: str = setting("float32", "float32; float16: float16 LSTM/GRU/Linear weights, "
-                             "float32 arithmetic; bfloat16: every weight and activation in "
-                             "bfloat16; or int8: dynamic int8 LSTM/GRU/Linear weights "
+    precision: str = setting(DEFAULT_PRECISION, "each model's precision: one for all (float32, "
+                             "float16, bfloat16 or int8), or TASK=PRECISION items over the default "
+                             "(sentiment, generator, translator). float16: float16 LSTM/GRU/Linear "
+                             "weights, float32 arithmetic; bfloat16: every weight and activation "
+                             "in bfloat16; int8: dynamic int8 LSTM/GRU/Linear weights "
                              "(models.quantize). Made at load from the same artifacts; the README "
-                             "gives their speed, quality and batch independence", choices=PRECISIONS)
+                             "gives their speed, quality and batch independence",
+                             parse=parse_precisions)
     # processes
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
     workers: int = setting(1, "worker processes, each with its own copy of the models", 1)
@@ -92,8 +126,18 @@ class Settings:
             minimum = field.metadata["minimum"]
             if minimum is not None and value < minimum:
                 raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
+            if field.metadata["parse"] is not None:
+                try:
+                    field.metadata["parse"](value)
+                except ValueError as error:
+                    raise ValueError(f"{name}={raw!r}: {error}") from None
             values[field.name] = value
         return cls(**values)
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """The precision of each task's models (`parse_precisions`)."""
+        return parse_precisions(self.precision)
 
     @classmethod
     def describe(cls) -> Iterator[tuple[str, Any, str]]:

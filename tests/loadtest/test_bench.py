@@ -12,6 +12,7 @@ from loadtest.bench import (
     CEILING_BATCHES,
     batchmate_shift,
     items_per_second,
+    mixed_ceiling,
     targets,
     write_markdown,
 )
@@ -69,9 +70,9 @@ def test_markdown_has_every_section(tmp_path):
     write_markdown(report, tmp_path / "bench.md")
     text = (tmp_path / "bench.md").read_text()
     for heading in ("## Targets", "## Ceiling", "## Service: batching on", "## Service: batching off",
-                    "## Lower precisions", "## Service: int8", "## Service: bfloat16", "## Before / after",
-                    "## What each step bought", "**Contention:**", "With `RNNSERVE_PRECISION=int8`",
-                    "With `RNNSERVE_PRECISION=bfloat16`"):
+                    "## Precisions", "## Service: int8", "## Service: bfloat16", "## Before / after",
+                    "## What each step bought", "**Contention:**", "Every model at `RNNSERVE_PRECISION=int8`",
+                    "Every model at `RNNSERVE_PRECISION=bfloat16`"):
         assert heading in text
     # the int8 server is divided by the int8 ceiling: c=64 sentiment 2600 / (2 x 6400)
     int8_section = text.split("## Service: int8")[1]
@@ -82,10 +83,20 @@ def test_markdown_has_every_section(tmp_path):
     assert ("| sentiment | 1 | 400.0 | 400 sentences | 2.5 | 5.0 | 5.0 | 0 | 1.0 | 4.00 | 100% | 3% | - | - |"
             in text)
     assert "| commit abc | working tree | - | - | 2.00 |" in text
-    assert 'float32 ("batching on"), against the float32 ceiling.' in text
+    assert '`RNNSERVE_PRECISION=float32` ("batching on"), against the ceiling' in text
     write_markdown({**report, "precision": "bfloat16", "precisions": None, "targets_lower": None},
                    tmp_path / "bf16.md")
-    assert 'bfloat16 ("batching on"), against the bfloat16 ceiling.' in (tmp_path / "bf16.md").read_text()
+    assert '`RNNSERVE_PRECISION=bfloat16` ("batching on")' in (tmp_path / "bf16.md").read_text()
+
+
+def test_the_default_servers_ceiling_takes_each_endpoint_from_its_models_precision():
+    ceilings = {precision: {name: {"1": float(i * 10 + j)} for j, name in enumerate(CEILING)}
+                for i, precision in enumerate(("float32", "float16", "bfloat16", "int8"))}
+    mixed = mixed_ceiling(ceilings, "sentiment=float32,generator=float16,translator=int8")
+    assert mixed == {"sentiment": ceilings["float32"]["sentiment"],
+                     "translate": ceilings["int8"]["translate"],
+                     "generate": ceilings["float16"]["generate"]}
+    assert mixed_ceiling(ceilings, "bfloat16") == ceilings["bfloat16"]
 
 
 def test_items_per_second_counts_what_the_runs_return(monkeypatch):

@@ -16,9 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import running_server
 
 from models.generator import CharGenerator
+from models.quantize import with_precision
 from models.sentiment import LABELS, EncodedText, SentimentClassifier
 from models.translator import Translator
 from models.vocab import UNK_ID
+from service.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -46,20 +48,28 @@ def client(server) -> Iterator[httpx.Client]:
         yield client
 
 
+# In-process references at the precision the service gives each task's models by default.
+PRECISIONS = Settings().precisions
+
+
 @pytest.fixture(scope="module")
 def classifier(tiny_shipped_dir) -> SentimentClassifier:
-    return SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
+    loaded = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
+    return SentimentClassifier(with_precision(loaded.module, PRECISIONS["sentiment"]), loaded.vocab)
 
 
 @pytest.fixture(scope="module")
 def generator(tiny_shipped_dir) -> CharGenerator:
-    return CharGenerator.load(tiny_shipped_dir / "char-generator")
+    loaded = CharGenerator.load(tiny_shipped_dir / "char-generator")
+    return CharGenerator(with_precision(loaded.module, PRECISIONS["generator"]), loaded.vocab)
 
 
 @pytest.fixture(scope="module")
 def translators(tiny_shipped_dir) -> dict[str, Translator]:
-    return {"de": Translator.load(tiny_shipped_dir / "translator-de-en"),
-            "ko": Translator.load(tiny_shipped_dir / "translator-ko-en")}
+    loaded = {"de": Translator.load(tiny_shipped_dir / "translator-de-en"),
+              "ko": Translator.load(tiny_shipped_dir / "translator-ko-en")}
+    return {source: Translator(with_precision(t.module, PRECISIONS["translator"]), t.source_spm,
+                               t.target_spm) for source, t in loaded.items()}
 
 
 def post(client: httpx.Client, path: str, body: dict) -> httpx.Response:
@@ -104,6 +114,11 @@ def test_models_lists_the_four_models(client):
         assert model["metrics"] == {"note": "tiny random test model"}
     assert [models[n]["task"] for n in sorted(models)] == ["generator", "sentiment", "translator",
                                                          "translator"]
+    # by default the classifier is served in float32, the generator and translators with float16
+    # weights (service.config.DEFAULT_PRECISION)
+    assert {n: models[n]["precision"] for n in models} == {
+        "sentiment-rnn": "float32", "char-generator": "float16", "translator-de-en": "float16",
+        "translator-ko-en": "float16"}
 
 
 # -- happy paths, equal to the in-process pipelines ------------------------------------------------

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from models import generator, sentiment, translator
+from service.config import TASKS, Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -33,6 +34,8 @@ def test_variables_override_with_their_types():
     ("RNNSERVE_MAX_BATCH_SIZE", "0", "at least 1"),
     ("RNNSERVE_MAX_WAIT_MS", "-1", "at least 0"),
     ("RNNSERVE_PRECISION", "int4", "one of float32, float16, bfloat16, int8"),
+    ("RNNSERVE_PRECISION", "generator=int4", "one of float32, float16, bfloat16, int8"),
+    ("RNNSERVE_PRECISION", "tagger=int8", "not a task: must be one of sentiment, generator, translator"),
 ])
 def test_a_bad_value_names_the_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}=.*{message}"):
@@ -48,3 +51,19 @@ def test_the_readme_documents_every_variable():
     for name, default, _ in Settings.describe():
         assert f"`{name}`" in rows, name
         assert f"`{default}`" in rows[f"`{name}`"], (name, default)
+
+
+def test_precision_is_one_for_every_model_or_per_task_over_the_default():
+    assert Settings().precisions == {"sentiment": "float32", "generator": "float16",
+                                     "translator": "float16"}
+    assert set(TASKS) == {sentiment.TASK, generator.TASK, translator.TASK}
+
+    def precisions(value: str) -> dict[str, str]:
+        return Settings.from_env({"RNNSERVE_PRECISION": value}).precisions
+
+    assert precisions("int8") == dict.fromkeys(TASKS, "int8")
+    assert precisions("generator=float32") == {"sentiment": "float32", "generator": "float32",
+                                               "translator": "float16"}
+    # items apply in order: every model first, then one task
+    assert precisions(" bfloat16, sentiment=float16 ") == {
+        "sentiment": "float16", "generator": "bfloat16", "translator": "bfloat16"}
