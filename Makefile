@@ -84,7 +84,7 @@ load: install  ## locust headless against $(TARGET): CSV + HTML to reports/load/
 
 # The commit before the performance work and one after each step, then settings worth comparing:
 # each is served and loaded in the same run as the working tree (README "Performance"). The
-# RNNSERVE_PRECISION=float16, =bfloat16 and =int8 servers are always measured in full, unless
+# RNNSERVE_PRECISION=float32, =float16, =bfloat16 and =int8 servers are always measured in full, unless
 # --skip-precisions.
 BENCH_FLAGS ?= --compare 7aceba2 fba42ff 57936de \
 	--settings RNNSERVE_WORKERS=2 RNNSERVE_TORCH_THREADS=2 RNNSERVE_MAX_BATCH_SIZE=32 \

@@ -30,7 +30,7 @@ def setting(default: Any, help: str, minimum: float | None = None,
 TASKS = ("sentiment", "generator", "translator")
 # float16 weights are lossless for artifacts stored in float16 (every one training writes) and
 # answer the same whatever the batchmates; the classifier stays float32, where float16 adds
-# least (README "Lower precisions").
+# least (README "Precisions").
 DEFAULT_PRECISION = "sentiment=float32,generator=float16,translator=float16"
 
 
