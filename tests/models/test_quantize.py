@@ -69,8 +69,9 @@ def test_float16_generator_steps_alike_alone_and_in_a_batch():
     assert half.generate("To be", max_tokens=20, seed=3) == half.generate("To be", max_tokens=20, seed=3)
 
 
-def test_float16_translator_decodes_with_attention_rows_summing_to_one():
-    translator = make_tiny_translator(cell="gru")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_float16_translator_decodes_with_attention_rows_summing_to_one(cell):
+    translator = make_tiny_translator(cell=cell)
     as_shipped(translator.module)
     half = Translator(dynamic_float16(translator.module), translator.source_spm, translator.target_spm)
     torch.testing.assert_close(teacher_forced_logits(half), teacher_forced_logits(translator),
