@@ -9,6 +9,7 @@ Training samples random windows, each from a zero state, and validation scores w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from models.artifact import ArtifactError
 from models.generator import CharGenerator, CharLM, CharLMConfig
 from models.rnn import CELLS
 from models.vocab import Vocab
@@ -48,6 +50,9 @@ class RunConfig(common.CommonRun):
                                     "(0 = no limit)", minimum=0.0)
     lr: float = help_field(3e-3, "peak Adam learning rate (cosine decay to 10%)", minimum=0.0)
     clip: float = help_field(1.0, "gradient norm clip", minimum=0.0)
+    init_from: str = help_field("", "start from the weights of this char-generator artifact folder "
+                                "(a fine-tune: the architecture flags must match its config.json; "
+                                "dropout and weight drop may differ)")
     ema: float = help_field(0.998, "validate and ship an exponential moving average of the weights "
                             "with this decay per step (0 = off; 0.998 averages ~500 steps)",
                             minimum=0.0, maximum=0.9999)
@@ -66,6 +71,23 @@ def model_config(run: RunConfig, vocab_size: int) -> CharLMConfig:
                         dropout=run.dropout, weight_drop=run.weight_drop)
 
 
+def init_from_artifact(module: CharLM, vocab: Vocab, folder: str) -> None:
+    """Load a trained artifact's weights into `module`, which training then goes on from.
+
+    Refuses an artifact whose architecture or characters differ from this run's.
+    """
+    trained = CharGenerator.load(folder)
+    if trained.vocab.itos != vocab.itos:
+        raise ArtifactError(f"--init-from {folder}: its characters differ from this training data's")
+    # dropout and weight drop act in training only: a fine-tune may change them
+    regularisation = {"dropout": module.config.dropout, "weight_drop": module.config.weight_drop}
+    if dataclasses.replace(trained.module.config, **regularisation) != module.config:
+        raise ArtifactError(f"--init-from {folder}: its architecture {trained.module.config} differs "
+                            f"from this run's {module.config}")
+    module.load_state_dict(trained.module.float().state_dict())
+    log.info("starting from the weights of %s", folder)
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
@@ -76,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     splits = data.shakespeare_splits()
     vocab = Vocab.build([splits["train"]])
     module = CharLM(model_config(run, len(vocab))).to(device)
+    if run.init_from:
+        init_from_artifact(module, vocab, run.init_from)
     averaged, served, saved = common.weight_average(module, run.ema)
     model = CharGenerator(served, vocab)
     train_ids = torch.tensor(model.encode(splits["train"]))

@@ -12,6 +12,7 @@ import fake_data
 import pytest
 import torch
 
+from models.artifact import ArtifactError
 from models.generator import CharGenerator, CharLM
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
@@ -102,6 +103,24 @@ def test_generator_ema_ships_the_average_and_resumes_averaging(tmp_path):
     # the averaged weights are what shipped (in fp16), the raw ones score differently
     assert compared["averaged"]["val_loss"] == pytest.approx(metrics["test"]["val_loss"], abs=2e-3)
     assert compared["raw"]["val_loss"] != compared["averaged"]["val_loss"]
+
+
+def test_generator_init_from_goes_on_from_an_artifact_and_refuses_another_architecture(tmp_path):
+    flags = ["--profile", "quick", "--no-store", "--eval-every", "10"]
+    first = train_generator.main([*flags, "--steps", "10", "--checkpoint-dir", str(tmp_path / "a")])
+    # at learning rate 0 a fine-tune ships its starting weights: the artifact's, not fresh ones
+    tuned = train_generator.main([*flags, "--steps", "10", "--lr", "0", "--dropout", "0.5",
+                                  "--init-from", first["folder"],
+                                  "--checkpoint-dir", str(tmp_path / "b")])
+    before = CharGenerator.load(first["folder"]).module.state_dict()
+    after = CharGenerator.load(tuned["folder"]).module
+    assert after.config.dropout == 0.5
+    for key, value in before.items():
+        assert torch.equal(value, after.state_dict()[key]), key
+    assert tuned["test"] == first["test"]
+    with pytest.raises(ArtifactError, match="architecture"):
+        train_generator.main([*flags, "--steps", "10", "--hidden-size", "64",
+                              "--init-from", first["folder"], "--checkpoint-dir", str(tmp_path / "c")])
 
 
 def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tmp_path,
