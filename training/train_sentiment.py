@@ -1,6 +1,7 @@
 """Train the many-to-one model: SST-2 sentiment, selected on dev, reported on test.
 
     python -m training.train_sentiment --cell lstm
+    python -m training.train_sentiment --hidden-size 176 --distill-from models/pretrained/sentiment-rnn
     torchrun --nproc_per_node=2 -m training.train_sentiment --profile quick
 """
 
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from models.rnn import CELLS
@@ -49,6 +51,13 @@ class RunConfig(common.CommonRun):
                             "weights with this decay per step (0 = off)", minimum=0.0,
                             maximum=0.9999)
     train_limit: int = help_field(0, "use only the first N training phrases (0 = all)", minimum=0)
+    distill_from: str = help_field("", "a trained sentiment artifact folder to learn from as well: "
+                                   "knowledge distillation on its predictions for the training "
+                                   "phrases ('' = off)")
+    distill_weight: float = help_field(0.5, "with --distill-from, the teacher's share of the loss "
+                                       "(the labels' is the rest)", minimum=0.0, maximum=1.0)
+    distill_temperature: float = help_field(2.0, "with --distill-from, the softmax temperature of "
+                                            "both sides of the teacher's term", minimum=0.01)
 
 
 PROFILES = {
@@ -57,6 +66,37 @@ PROFILES = {
               "weight_drop": 0.0,
               "checkpoint_dir": f"checkpoints/{NAME}-quick"},
 }
+
+
+TEACHER_BATCH = 256
+
+
+def distillation_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor, weight: float,
+                      temperature: float) -> Tensor:
+    """(1 - weight) x cross-entropy with the labels + weight x T^2 x KL(teacher || student), both
+    softened by temperature T (Hinton et al. 2015; T^2 keeps the gradients' scale as T changes)."""
+    hard = F.cross_entropy(logits, labels)
+    if weight == 0.0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=-1),
+                    F.log_softmax(teacher_logits / temperature, dim=-1),
+                    reduction="batchmean", log_target=True)
+    return (1.0 - weight) * hard + weight * temperature**2 * soft
+
+
+def teacher_logits(folder: str, texts: list[str]) -> Tensor:
+    """The logits (N, C) of the sentiment artifact in `folder` for `texts`, batched by length."""
+    teacher = SentimentClassifier.load(folder)
+    teacher.module.eval()
+    encoded = [teacher.encode(text) for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    logits = torch.empty(len(texts), teacher.module.config.num_classes)
+    with torch.inference_mode():
+        for start in range(0, len(order), TEACHER_BATCH):
+            rows = order[start:start + TEACHER_BATCH]
+            logits[rows] = teacher.logits(teacher.collate([encoded[i] for i in rows])).float()
+    log.info("teacher %s: logits for %d training phrases", folder, len(texts))
+    return logits
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = SentimentClassifier(served, vocab)
     encoded = [model.encode(text) for text, _ in train]
     labels = torch.tensor([label for _, label in train])
+    teacher = teacher_logits(run.distill_from, [text for text, _ in train]) if run.distill_from else None
     log.info("%d training phrases, vocab %d, %d parameters", len(train), len(vocab),
              sum(p.numel() for p in module.parameters()))
 
@@ -91,7 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     def batch_loss(batch: list[int]) -> torch.Tensor:
         inputs = SentimentClassifier.collate([encoded[i] for i in batch]).to(device)
         logits = ddp(inputs.tokens, inputs.lengths, inputs.subwords)
-        return F.cross_entropy(logits, labels[batch].to(device))
+        if teacher is None:
+            return F.cross_entropy(logits, labels[batch].to(device))
+        return distillation_loss(logits, labels[batch].to(device), teacher[batch].to(device),
+                                 run.distill_weight, run.distill_temperature)
 
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
         timer = common.Timer()
@@ -120,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
         + f" -> bidirectional {run.cell.upper()} over packed sequences -> max+mean pooling -> "
         "linear. "
         "Trained on GLUE SST-2 phrases, selected on the SST-2 dev set, tested on stsa.binary.test. "
-        "No pretrained embeddings.",
+        "No pretrained embeddings."
+        + (f" Distilled from {run.distill_from} (weight {run.distill_weight}, temperature "
+           f"{run.distill_temperature})." if run.distill_from else ""),
         save=lambda path: model.save(path, dtype=torch.float16),
         evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,
         data_sha256=data.sha256_of("sst2"), argv=argv, store=run.store)

@@ -176,6 +176,44 @@ def test_sentiment_ema_ships_the_average(tmp_path):
     assert not torch.equal(best["ema.module.classifier.weight"], best["model.classifier.weight"])
 
 
+def test_distillation_loss_mixes_the_labels_and_the_softened_teacher():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(5, 2), torch.randn(5, 2)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    loss = train_sentiment.distillation_loss
+    hard = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.equal(loss(logits, labels, teacher, 0.0, 2.0), hard)
+    # by hand: KL(p || q) of the teacher's and the student's softmax at T = 2, mean over rows
+    p, q = torch.softmax(teacher / 2, -1), torch.softmax(logits / 2, -1)
+    kl = (p * (p / q).log()).sum(-1).mean()
+    torch.testing.assert_close(loss(logits, labels, teacher, 0.25, 2.0), 0.75 * hard + 0.25 * 4 * kl)
+    # the teacher's term is nothing when the student agrees with it, and pulls the student to it
+    assert loss(teacher, labels, teacher, 1.0, 2.0).abs() < 1e-6
+    student = logits.clone().requires_grad_()
+    loss(student, labels, teacher, 1.0, 2.0).backward()
+    moved = (student - 0.5 * student.grad).detach()
+    assert (torch.softmax(moved, -1) - torch.softmax(teacher, -1)).abs().sum() < \
+        (torch.softmax(logits, -1) - torch.softmax(teacher, -1)).abs().sum()
+
+
+def test_sentiment_distills_from_a_teacher_artifact(tmp_path):
+    flags = ["--profile", "quick", "--no-store"]
+    teacher = train_sentiment.main([*flags, "--checkpoint-dir", str(tmp_path / "teacher")])["folder"]
+    texts = [text for text, _ in data.sst2_splits()["train"][:40]]
+    # batched by length, the logits stay with their own text
+    model = SentimentClassifier.load(teacher)
+    alone = torch.cat([model.logits(model.collate([model.encode(text)])) for text in texts])
+    torch.testing.assert_close(train_sentiment.teacher_logits(teacher, texts), alone.detach())
+    metrics = train_sentiment.main([*flags, "--hidden-size", "32", "--distill-from", teacher,
+                                    "--distill-weight", "0.7", "--checkpoint-dir", str(tmp_path / "student")])
+    assert metrics["run_config"]["distill_from"] == teacher
+    assert SentimentClassifier.load(metrics["folder"]).module.config.hidden_size == 32
+    assert f"Distilled from {teacher}" in (Path(metrics["folder"]) / "README.md").read_text()
+    with pytest.raises(ArtifactError):
+        train_sentiment.main([*flags, "--distill-from", str(tmp_path),
+                              "--checkpoint-dir", str(tmp_path / "none")])
+
+
 def test_averaged_vs_raw_refuses_a_checkpoint_without_an_average(tmp_path):
     train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10", "--no-store",
                           "--checkpoint-dir", str(tmp_path / "ck")])
