@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from models.rnn import CELLS
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
 from models.text import sentiment_tokens
 from models.vocab import Vocab
-from training import common, data
+from training import common, data, store
 from training.common import help_field
 from training.evaluate import sentiment_accuracy
 
@@ -99,6 +100,15 @@ def teacher_logits(folder: str, texts: list[str]) -> Tensor:
     return logits
 
 
+def teacher_name(folder: str) -> str:
+    """The teacher's store tag where its folder records one (models/pretrained/), else its path."""
+    info = Path(folder) / store.STORE_INFO_FILE
+    if not info.is_file():
+        return folder
+    tag = json.loads(info.read_text())
+    return f"{tag['name']}:{tag['version']}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         "linear. "
         "Trained on GLUE SST-2 phrases, selected on the SST-2 dev set, tested on stsa.binary.test. "
         "No pretrained embeddings."
-        + (f" Distilled from {run.distill_from} (weight {run.distill_weight}, temperature "
+        + (f" Distilled from {teacher_name(run.distill_from)} (weight {run.distill_weight}, temperature "
            f"{run.distill_temperature})." if run.distill_from else ""),
         save=lambda path: model.save(path, dtype=torch.float16),
         evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,

@@ -209,6 +209,9 @@ def test_sentiment_distills_from_a_teacher_artifact(tmp_path):
     assert metrics["run_config"]["distill_from"] == teacher
     assert SentimentClassifier.load(metrics["folder"]).module.config.hidden_size == 32
     assert f"Distilled from {teacher}" in (Path(metrics["folder"]) / "README.md").read_text()
+    # a shipped teacher (models/pretrained/) is named by its store tag
+    (Path(teacher) / "bentoml.json").write_text(json.dumps({"name": "sentiment-rnn", "version": "v1"}))
+    assert train_sentiment.teacher_name(teacher) == "sentiment-rnn:v1"
     with pytest.raises(ArtifactError):
         train_sentiment.main([*flags, "--distill-from", str(tmp_path),
                               "--checkpoint-dir", str(tmp_path / "none")])
