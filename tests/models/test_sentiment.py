@@ -9,6 +9,7 @@ import torch
 from conftest import make_tiny_sentiment
 
 from models import sentiment
+from models.quantize import with_precision
 from models.rnn import CELLS
 from models.sentiment import (
     LABELS,
@@ -147,3 +148,78 @@ def test_weight_drop_acts_in_training_only_and_through_packing():
     logits.sum().backward()
     assert dropped.rnn.weight_hh_l0.grad.abs().sum() > 0
     assert dropped.rnn.weight_hh_l0_reverse.grad.abs().sum() > 0
+
+
+def lstm_classifier(subword_buckets: int = 64, bidirectional: bool = True) -> SentimentClassifier:
+    tiny = make_tiny_sentiment(cell="lstm", subword_buckets=subword_buckets)
+    if bidirectional:
+        return tiny
+    config = SentimentConfig(**{**tiny.module.config.__dict__, "bidirectional": False})
+    return SentimentClassifier(SentimentRNN(config).eval(), tiny.vocab)
+
+
+# every length from 1 to 14 words, unknown words, an empty text, one text repeated
+PROJECTED_TEXTS = [*TEXTS, "", "qwertyuiop zxcvb good", "not", *TEXTS[1:2],
+                   "the story was long and the film dull but great"]
+
+
+@pytest.mark.parametrize("subword_buckets", [0, 64])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("words", [6, sentiment.PROJECTED_WORDS])
+def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words):
+    # words=6: most of the vocabulary is missing from the table and projected per batch
+    classifier = lstm_classifier(subword_buckets, bidirectional)
+    projected = sentiment.ProjectedLSTM(classifier.module, classifier.vocab, words=words)
+    encoded = [classifier.encode(text) for text in PROJECTED_TEXTS]
+    with torch.inference_mode():
+        expected = classifier.logits(classifier.collate(encoded))
+        torch.testing.assert_close(projected.logits(encoded), expected, rtol=1e-5, atol=1e-5)
+        # one by one too: the lengths, and so the steps each text shares, change nothing
+        alone = torch.cat([projected.logits([text]) for text in encoded])
+        torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_uses_the_projected_path_from_a_few_texts_and_gets_the_same_answers(monkeypatch):
+    classifier = lstm_classifier()
+    texts = PROJECTED_TEXTS[: sentiment.PROJECTED_MIN_BATCH]
+    assert classifier.projected() is not None
+    with torch.inference_mode():
+        encoded = [classifier.encode(t) for t in texts]
+        expected = torch.softmax(classifier.logits(classifier.collate(encoded)), -1)
+    calls = []
+    logits = sentiment.ProjectedLSTM.logits
+    monkeypatch.setattr(sentiment.ProjectedLSTM, "logits",
+                        lambda self, batch: calls.append(len(batch)) or logits(self, batch))
+    torch.testing.assert_close(classifier.predict_proba(texts), expected, rtol=1e-5, atol=1e-6)
+    classifier.predict_proba(texts[:1])  # a lone text: torch's own LSTM
+    assert calls == [len(texts)]
+
+
+def test_projected_path_follows_the_weights_and_the_module():
+    classifier = lstm_classifier()
+    first = classifier.projected()
+    assert classifier.projected() is first  # built once
+    before = classifier.predict_proba(PROJECTED_TEXTS)
+    with torch.no_grad():
+        classifier.module.rnn.weight_hh_l0.mul_(-1)  # what an optimizer step or load_state_dict does
+    assert classifier.projected() is not first
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.logits(classifier.collate(
+            [classifier.encode(t) for t in PROJECTED_TEXTS])), -1)
+    after = classifier.predict_proba(PROJECTED_TEXTS)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after, before)
+    classifier.module.train()
+    assert classifier.projected() is None  # dropout is on: only the module itself is right
+    classifier.module.eval()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_projected_path_is_for_float32_lstms_only(cell):
+    assert not sentiment.ProjectedLSTM.supports(make_tiny_sentiment(cell=cell).module)
+    lstm = lstm_classifier().module
+    assert sentiment.ProjectedLSTM.supports(lstm)
+    assert not sentiment.ProjectedLSTM.supports(with_precision(lstm, "int8"))
+    assert not sentiment.ProjectedLSTM.supports(with_precision(lstm, "bfloat16"))
+    with pytest.raises(ValueError, match="float32 single-layer LSTM"):
+        sentiment.ProjectedLSTM(with_precision(lstm, "float16"), lstm_classifier().vocab)
