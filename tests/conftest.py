@@ -84,10 +84,10 @@ def tiny_translator() -> Translator:
 @pytest.fixture(scope="session")
 def tiny_shipped_dir(tmp_path_factory) -> Path:
     """All four served models, tiny and random, in the models/pretrained/ layout (the classifier
-    reads subwords, as the shipped one does)."""
+    is a BiLSTM that reads subwords, as the shipped one is, so batches take its ProjectedLSTM)."""
     directory = tmp_path_factory.mktemp("pretrained")
-    write_shipped(directory, "sentiment-rnn", make_tiny_sentiment(subword_buckets=64), "sentiment",
-                  "gru")
+    write_shipped(directory, "sentiment-rnn", make_tiny_sentiment(cell="lstm", subword_buckets=64),
+                  "sentiment", "lstm")
     write_shipped(directory, "char-generator", make_tiny_generator(), "generator", "gru")
     write_shipped(directory, "translator-de-en", make_tiny_translator(), "translator", "gru")
     write_shipped(directory, "translator-ko-en", make_tiny_translator(source_lang="ko", seed=1),
