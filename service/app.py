@@ -87,7 +87,8 @@ def model_card(ref: bentoml.Model, task: str, module: torch.nn.Module) -> dict[s
 # No OpenTelemetry spans for the model endpoints: with no exporter configured they are built and
 # thrown away, and building them cost ~15% of the worker's time per request (py-spy, c=64).
 @bentoml.service(workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s},
-                 tracing={"excluded_urls": list(TRACING_EXCLUDED)})
+                 tracing={"excluded_urls": list(TRACING_EXCLUDED)},
+                 logging={"access": {"enabled": SETTINGS.access_log == "on"}})
 class RNNServe:
     sentiment_ref = bentoml.models.BentoModel(SETTINGS.sentiment_model)
     generator_ref = bentoml.models.BentoModel(SETTINGS.generator_model)

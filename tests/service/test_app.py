@@ -109,7 +109,7 @@ def test_models_lists_the_four_models(client):
     assert set(models) == {"sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en"}
     for name, model in models.items():
         assert model["tag"] == f"{name}:vtest"
-        assert model["cell"] == "gru"
+        assert model["cell"] == ("lstm" if name == "sentiment-rnn" else "gru")
         assert model["parameters"] > 0
         assert model["metrics"] == {"note": "tiny random test model"}
     assert [models[n]["task"] for n in sorted(models)] == ["generator", "sentiment", "translator",
@@ -354,3 +354,13 @@ def test_metrics_show_the_rnnserve_metrics_after_traffic(client):
     assert grew("rnnserve_generated_tokens_total", endpoint="generate_stream") == 3
     assert grew("rnnserve_time_to_first_token_seconds_count", endpoint="generate_stream") == 1
     assert grew("rnnserve_errors_total", endpoint="sentiment", kind="validation") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [None, "on"])
+def test_the_access_log_is_off_unless_asked_for(tiny_shipped_dir, tmp_path, setting):
+    settings = {} if setting is None else {"RNNSERVE_ACCESS_LOG": setting}
+    with running_server(tiny_shipped_dir, tmp_path, **settings) as url:
+        assert httpx.post(f"{url}/sentiment", json={"texts": ["a good film"]}).status_code == 200
+    logged = "path=/sentiment" in (tmp_path / "server.log").read_text(encoding="utf-8")
+    assert logged is (setting == "on")

@@ -18,6 +18,7 @@ def test_defaults_without_variables():
     assert Settings().sentiment_model == "sentiment-rnn:latest"
     assert Settings().max_texts == 64
     assert Settings().max_tokens == 2000
+    assert Settings().access_log == "off"
 
 
 def test_variables_override_with_their_types():
@@ -33,6 +34,7 @@ def test_variables_override_with_their_types():
     ("RNNSERVE_TORCH_THREADS", "two", "expected int"),
     ("RNNSERVE_MAX_BATCH_SIZE", "0", "at least 1"),
     ("RNNSERVE_MAX_WAIT_MS", "-1", "at least 0"),
+    ("RNNSERVE_ACCESS_LOG", "yes", "one of on, off"),
     ("RNNSERVE_PRECISION", "int4", "one of float32, float16, bfloat16, int8"),
     ("RNNSERVE_PRECISION", "generator=int4", "one of float32, float16, bfloat16, int8"),
     ("RNNSERVE_PRECISION", "tagger=int8", "not a task: must be one of sentiment, generator, translator"),
