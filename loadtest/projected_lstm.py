@@ -1,0 +1,123 @@
+"""What the classifier's batched path buys: `ProjectedLSTM` against torch's packed LSTM, in process.
+
+    python -m loadtest.projected_lstm                 # the shipped classifier, 1 torch thread
+    python -m loadtest.projected_lstm --out reports/bench/projected-lstm/in-process.md
+
+Both paths compute the same probabilities (models/sentiment.py, `ProjectedLSTM`); this measures
+sentences/s at each batch size, both ways in alternation (median of `--rounds` rounds, so that
+machine drift hits both alike), on SST-2 dev reviews (a validation split) batched two ways:
+- in dev order, lengths mixed, as the benchmark's ceiling batches them;
+- similar lengths together, as the service's batcher forms batches (consecutive reviews of the
+  dev set sorted by length, from a seeded random start).
+It also gives the largest |difference| between the two paths' probabilities over every dev review,
+batched 32 at a time, and the size of the projected-input table. Writes markdown to `--out` and
+prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from loadtest.payloads import load_validation_texts
+from models.sentiment import EncodedText, SentimentClassifier
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
+BATCHES = (1, 4, 8, 16, 32, 64)
+BATCHES_PER_TIMING = 20
+
+
+Batches = list[list[EncodedText]]
+
+
+def sentences_per_second(run: Callable[[list[EncodedText]], object], batches: Batches) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        run(batch)
+    return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def batches_of(reviews: list[EncodedText], size: int, similar_lengths: bool, seed: int) -> Batches:
+    if not similar_lengths:
+        return [reviews[i:i + size] for i in range(0, len(reviews) - size + 1, size)][:BATCHES_PER_TIMING]
+    ordered = sorted(reviews, key=len)
+    rng = random.Random(seed)
+    starts = [rng.randrange(len(ordered) - size + 1) for _ in range(BATCHES_PER_TIMING)]
+    return [ordered[start:start + size] for start in starts]
+
+
+def measure(classifier: SentimentClassifier, reviews: list[EncodedText], rounds: int) -> list[str]:
+    projected = classifier.projected()
+    if projected is None:
+        raise SystemExit("this classifier has no ProjectedLSTM path (a float32 single-layer LSTM only)")
+
+    def torch_path(batch: list[EncodedText]) -> torch.Tensor:
+        return classifier.logits(classifier.collate(batch))
+
+    lines = ["| batch | batches of | torch's packed LSTM, sentences/s | ProjectedLSTM, sentences/s | "
+             "ProjectedLSTM / torch (median of rounds) |", "|---|---|---|---|---|"]
+    for size in BATCHES:
+        for similar in (False, True):
+            batches = batches_of(reviews, size, similar, seed=size)
+            for run in (torch_path, projected.logits):  # warm-up
+                run(batches[0])
+            slow, fast = [], []
+            for _ in range(rounds):
+                slow.append(sentences_per_second(torch_path, batches))
+                fast.append(sentences_per_second(projected.logits, batches))
+            ratio = statistics.median(f / s for f, s in zip(fast, slow, strict=True))
+            kind = "similar lengths" if similar else "mixed lengths (dev order)"
+            lines.append(f"| {size} | {kind} | {statistics.median(slow):.0f} | "
+                         f"{statistics.median(fast):.0f} | {ratio:.2f}x |")
+    gap = 0.0
+    for start in range(0, len(reviews), 32):
+        batch = reviews[start:start + 32]
+        gap = max(gap, (torch.softmax(torch_path(batch), -1) - torch.softmax(projected.logits(batch), -1))
+                  .abs().max().item())
+    table_mb = projected.table.numel() * projected.table.element_size() / 1e6
+    return [*lines, "", f"Largest |P(label) difference| between the two paths over the {len(reviews)} dev "
+            f"reviews, 32 at a time: {gap:.1e}. Projected-input table: {projected.words} words, "
+            f"{table_mb:.1f} MB."]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
+                        help="folder holding the sentiment-rnn artifact (the shipped one by default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the service's default: 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="timings of each path per figure")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
+    args = parser.parse_args(argv)
+    shown = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(args.threads)
+    classifier = SentimentClassifier.load(args.models / "sentiment-rnn")
+    reviews = [classifier.encode(text) for text in load_validation_texts().reviews]
+    with torch.inference_mode():
+        lines = measure(classifier, reviews, args.rounds)
+    config = classifier.module.config
+    text = "\n".join([
+        "# The classifier's batched path: ProjectedLSTM against torch's packed LSTM",
+        "",
+        f"Written by `{' '.join(['python -m loadtest.projected_lstm', *shown])}` with torch "
+        f"{torch.__version__}, {args.threads} torch thread(s), {BATCHES_PER_TIMING} batches per timing, "
+        f"{args.rounds} rounds; medians. Model: {config.hidden_size} units, "
+        f"{'bidirectional ' if config.bidirectional else ''}{config.cell}.",
+        "",
+        *lines,
+        "",
+    ])
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
