@@ -30,6 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from models.names import PRECISIONS
+
 QUANTIZED_LAYERS = {nn.LSTM, nn.GRU, nn.Linear}
 
 
@@ -62,7 +64,6 @@ def bfloat16(module: nn.Module) -> nn.Module:
 
 COPIES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "float16": dynamic_float16, "bfloat16": bfloat16, "int8": dynamic_int8}
-PRECISIONS = ("float32", *COPIES)
 
 
 def with_precision(module: nn.Module, precision: str) -> nn.Module:

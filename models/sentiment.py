@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, save_module
+from models.names import LABELS
 from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
 
 TASK = "sentiment"
-LABELS = ("negative", "positive")
 VOCAB_FILE = "vocab.json"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.quantize import PRECISIONS
+from models.names import PRECISIONS
 
 ENV_PREFIX = "RNNSERVE_"
 

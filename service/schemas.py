@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models.sentiment import LABELS
+from models.names import LABELS
 from service.config import Settings
 
 Source = Literal["de", "ko"]

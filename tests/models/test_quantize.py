@@ -9,7 +9,8 @@ from conftest import make_tiny_generator, make_tiny_sentiment, make_tiny_transla
 from torch import nn
 
 from models.generator import CharGenerator
-from models.quantize import bfloat16, dynamic_float16, dynamic_int8, with_precision
+from models.names import PRECISIONS
+from models.quantize import COPIES, bfloat16, dynamic_float16, dynamic_int8, with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 from models.vocab import BOS_ID
@@ -171,3 +172,10 @@ def test_bfloat16_translator_decodes_with_attention_rows_summing_to_one():
         assert len(translation.target_tokens) <= 12
         for row in translation.attention:
             assert sum(row) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_every_precision_named_for_the_settings_is_made_here():
+    # service.config checks RNNSERVE_PRECISION against models.names, which cannot import torch
+    assert tuple(["float32", *COPIES]) == PRECISIONS
+    for precision in PRECISIONS:
+        assert isinstance(with_precision(make_tiny_sentiment().module, precision), nn.Module)

@@ -7,8 +7,11 @@ validation and metrics, never change a result.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -364,3 +367,14 @@ def test_the_access_log_is_off_unless_asked_for(tiny_shipped_dir, tmp_path, sett
         assert httpx.post(f"{url}/sentiment", json={"texts": ["a good film"]}).status_code == 200
     logged = "path=/sentiment" in (tmp_path / "server.log").read_text(encoding="utf-8")
     assert logged is (setting == "on")
+
+
+def test_the_service_module_leaves_torch_to_the_workers():
+    # BentoML's supervisor imports service.app for the service's configuration; if that loaded
+    # torch and the models' modules, the supervisor would hold ~190 MB it never uses
+    code = ("import sys, service.app; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('models.', 'service.'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[2]).stdout
+    assert "'torch'" not in loaded
+    assert "'service.app'" in loaded and "'service.runtime'" not in loaded

@@ -1,0 +1,199 @@
+"""What a worker serves: the loaded models and the loops that batch their calls.
+
+Everything of the service that needs torch lives here. service.app imports this module inside
+RNNServe.__init__, so only the worker processes load it: BentoML's supervisor process imports
+service.app too, to read the service's configuration, and at module level that import would
+keep torch and every model module resident (~190 MB) in a process that never runs a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import torch
+
+from models import generator as generator_task
+from models import sentiment as sentiment_task
+from models import translator as translator_task
+from models.artifact import METRICS_FILE, parameter_count, read_json
+from models.generator import CharGenerator
+from models.names import LABELS
+from models.quantize import with_precision
+from models.sentiment import EncodedText, SentimentClassifier
+from models.translator import Translation, Translator
+from service import metrics
+from service.batching import Batcher
+from service.config import Settings
+from service.generation import GenerationLoop
+from service.schemas import SentimentResult, TranslationResult
+
+log = logging.getLogger(__name__)
+
+WARM_UP_TEXT = "A warm-up sentence."
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRefs:
+    """The store entries a worker serves."""
+
+    sentiment: bentoml.Model
+    generator: bentoml.Model
+    translator_de: bentoml.Model
+    translator_ko: bentoml.Model
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationJob:
+    """One text of a /translate request, as its batcher item."""
+
+    source_ids: list[int]
+    beam_size: int
+    max_length: int
+
+
+def model_card(ref: bentoml.Model, task: str, module: torch.nn.Module) -> dict[str, Any]:
+    """What /models says about one loaded model."""
+    metrics_file = Path(ref.path) / METRICS_FILE
+    return {
+        "name": ref.tag.name,
+        "tag": str(ref.tag),
+        "task": task,
+        "cell": module.config.cell,
+        "parameters": parameter_count(module),
+        "config": dataclasses.asdict(module.config),
+        "metrics": read_json(metrics_file) if metrics_file.is_file() else {},
+    }
+
+
+class Runtime:
+    """The models of one worker, loaded at their precisions and warmed, and their batchers."""
+
+    def __init__(self, settings: Settings, refs: ModelRefs) -> None:
+        self.settings = settings
+        torch.set_num_threads(settings.torch_threads)
+        self.classifier = SentimentClassifier.load(refs.sentiment.path)
+        self.generator = CharGenerator.load(refs.generator.path)
+        translator_refs = {"de": refs.translator_de, "ko": refs.translator_ko}
+        self.translators = {source: Translator.load(ref.path) for source, ref in translator_refs.items()}
+        for source, translator in self.translators.items():
+            if translator.config.source_lang != source:
+                raise ValueError(f"the {source} translator's model translates from "
+                                 f"{translator.config.source_lang!r}: check RNNSERVE_TRANSLATOR_"
+                                 f"{source.upper()}_MODEL")
+        self.model_cards = [
+            model_card(refs.sentiment, sentiment_task.TASK, self.classifier.module),
+            model_card(refs.generator, generator_task.TASK, self.generator.module),
+            *(model_card(ref, translator_task.TASK, self.translators[source].module)
+              for source, ref in translator_refs.items()),
+        ]
+        precisions = settings.precisions
+        for card in self.model_cards:
+            card["precision"] = precisions[card["task"]]
+            metrics.model_info.labels(card["name"], card["tag"], card["task"], card["cell"]).set(1)
+        # after the cards: they count the float parameters the artifacts hold
+        for task, pipeline in ((sentiment_task.TASK, self.classifier), (generator_task.TASK, self.generator),
+                               *((translator_task.TASK, t) for t in self.translators.values())):
+            pipeline.module = with_precision(pipeline.module, precisions[task])
+        self._warm_up()
+
+        batching = {"max_batch_size": settings.max_batch_size,
+                    "max_batch_tokens": settings.max_batch_tokens,
+                    "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue}
+        self.sentiment_batcher = Batcher(
+            refs.sentiment.tag.name, self._classify, **batching,
+            inline_max_tokens=settings.inline_max_tokens,
+            others_busy=lambda: any(loop.busy for loop in self._loops if loop is not self.sentiment_batcher))
+        # a lone translation takes tens of milliseconds: always in the model's thread
+        self.translate_batchers = {
+            source: Batcher(ref.tag.name, self._translation_runner(source), **batching)
+            for source, ref in translator_refs.items()}
+        self.generation = GenerationLoop(refs.generator.tag.name, self.generator,
+                                         max_active=settings.max_active_sequences,
+                                         max_queue=settings.max_queue)
+        self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation]
+        self.started = False
+        # The models are loaded for good: keep them out of every future garbage collection,
+        # whose full passes otherwise stall the worker ~150 ms every few seconds under load.
+        gc.freeze()
+        self._gc_pauses = metrics.GCPauses()
+
+    def _warm_up(self) -> None:
+        """One call of every model, so the first request does not pay for lazy initialisation."""
+        self.classifier.predict_proba([WARM_UP_TEXT])
+        # a batch big enough for ProjectedLSTM builds its per-word table now, not on a request
+        self.classifier.predict_proba([WARM_UP_TEXT] * sentiment_task.PROJECTED_MIN_BATCH)
+        self.generator.generate(WARM_UP_TEXT, max_tokens=2, seed=0)
+        for translator in self.translators.values():
+            translator.translate([WARM_UP_TEXT], beam_size=2)
+
+    def start(self) -> None:
+        for loop in self._loops:
+            loop.start()
+        self._gc_pauses.start()
+        self.started = True
+        log.info("models loaded and warmed; batching started")
+
+    async def close(self) -> None:
+        for loop in self._loops:
+            await loop.close()
+        await self._gc_pauses.close()
+
+    def running(self) -> bool:
+        return all(loop.running for loop in self._loops)
+
+    # -- model calls, run by the batchers in their threads -------------------------------------
+
+    def _classify(self, sequences: list[EncodedText]) -> list[list[float]]:
+        return self.classifier.predict_ids(sequences).tolist()  # (B, C)
+
+    def _translation_runner(self, source: str):
+        translator = self.translators[source]
+
+        def translate(jobs: list[TranslationJob]) -> list[Translation]:
+            hypotheses = translator.translate_ids([job.source_ids for job in jobs],
+                                                  [job.beam_size for job in jobs],
+                                                  [job.max_length for job in jobs])
+            return [translator.to_translation(job.source_ids, hypothesis)
+                    for job, hypothesis in zip(jobs, hypotheses, strict=True)]
+
+        return translate
+
+    # -- what the endpoints call -----------------------------------------------------------------
+
+    async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
+        sequences = [self.classifier.encode(text) for text in texts]
+        probabilities = await self.sentiment_batcher.submit(sequences, [len(s) for s in sequences])
+        return [sentiment_result(p) for p in probabilities]
+
+    async def translate(self, texts: list[str], source: str, beam_size: int, max_length: int | None,
+                        return_attention: bool) -> list[TranslationResult]:
+        translator = self.translators[source]
+        jobs = []
+        for text in texts:
+            source_ids = translator.encode_source(text)
+            limit = max_length if max_length is not None else min(
+                translator.default_max_length(source_ids), self.settings.max_translation_length)
+            jobs.append(TranslationJob(source_ids, beam_size, limit))
+        translations = await self.translate_batchers[source].submit(
+            jobs, [len(job.source_ids) for job in jobs], [beam_size] * len(jobs))
+        return [translation_result(t, return_attention) for t in translations]
+
+
+def sentiment_result(probabilities: list[float]) -> SentimentResult:
+    best = max(range(len(LABELS)), key=probabilities.__getitem__)
+    return SentimentResult(label=LABELS[best], score=probabilities[best],
+                           probabilities=dict(zip(LABELS, probabilities, strict=True)))
+
+
+def translation_result(translation: Translation, with_attention: bool) -> TranslationResult:
+    if not with_attention:
+        return TranslationResult(translation=translation.translation)
+    return TranslationResult(translation=translation.translation,
+                             source_tokens=translation.source_tokens,
+                             target_tokens=translation.target_tokens,
+                             attention=translation.attention)
