@@ -104,7 +104,17 @@ class CommonRun:
         """What train_epoch enters around each step's loss: autocast to --autocast, or nothing."""
         if self.autocast == "off":
             return contextlib.nullcontext
+        if device.type == "cpu" and self.autocast == "bfloat16" and not cpu_has_bfloat16():
+            # oneDNN has no bfloat16 LSTM there: the first step would fail deep inside torch
+            raise SystemExit("--autocast bfloat16: this CPU has no bfloat16 support in oneDNN "
+                             f"(torch reports {torch.backends.cpu.get_cpu_capability()}; it needs "
+                             "AVX512-BF16 or AMX): train with --autocast off")
         return lambda: torch.autocast(device.type, dtype=getattr(torch, self.autocast))
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str) -> torch.device:

@@ -66,7 +66,9 @@ def test_float16_generator_steps_alike_alone_and_in_a_batch():
     state = tuple(torch.randn_like(part) for part in half.module.init_state(3))
     batched, _ = half.module.step(tokens, state)
     alone, _ = half.module.step(tokens[1:2], tuple(part[:, 1:2] for part in state))
-    assert torch.equal(batched[1:2], alone)
+    # FBGEMM's AVX512 kernels give a row the same bits in any batch; its AVX2 ones sum in another
+    # order for one row than for three (here up to 9e-8 apart): float32 rounding, no more
+    torch.testing.assert_close(batched[1:2], alone, atol=1e-6, rtol=0)
     assert half.generate("To be", max_tokens=20, seed=3) == half.generate("To be", max_tokens=20, seed=3)
 
 

@@ -123,6 +123,7 @@ def test_generator_init_from_goes_on_from_an_artifact_and_refuses_another_archit
                               "--init-from", first["folder"], "--checkpoint-dir", str(tmp_path / "c")])
 
 
+@pytest.mark.skipif(not common.cpu_has_bfloat16(), reason="this CPU has no bfloat16 in oneDNN")
 def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tmp_path,
                                                                                monkeypatch):
     seen = []
@@ -143,6 +144,14 @@ def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(
     assert {v.dtype for v in last["model"].values() if v.is_floating_point()} == {torch.float32}
     assert metrics["run_config"]["autocast"] == "bfloat16"
     assert 0 < metrics["test"]["val_loss"] < 10
+
+
+def test_autocast_bfloat16_on_a_cpu_without_it_stops_with_the_flag_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "cpu_has_bfloat16", lambda: False)
+    with pytest.raises(SystemExit, match="--autocast bfloat16: this CPU has no bfloat16"):
+        train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10",
+                              "--autocast", "bfloat16", "--no-store",
+                              "--checkpoint-dir", str(tmp_path / "ck")])
 
 
 def test_the_artifact_names_the_commit_its_run_started_from(tmp_path, monkeypatch):
