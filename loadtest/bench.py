@@ -256,13 +256,13 @@ class Server:
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
 
-    def rss_mb(self) -> float:
-        """Resident memory of the supervisor and every worker, summed."""
-        total = 0
+    def rss_mb_each(self) -> list[float]:
+        """Resident memory of the supervisor, then of each worker."""
+        each = []
         for process in self.processes():
             with suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total / 2**20
+                each.append(process.memory_info().rss / 2**20)
+        return each
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -516,15 +516,17 @@ def measure_variant(variant: Variant, bentoml_home: Path, workdir: Path, bodies:
     log_path = workdir / f"server-{variant.name.replace(' ', '-')}.log"
     log.info("serving %s (%s)", variant.name, variant.settings or "defaults")
     with serving(variant.tree, variant.bentoml_home or bentoml_home, log_path, variant.settings) as server:
-        idle_rss = server.rss_mb()
+        idle_rss = server.rss_mb_each()
         points = []
         for name, concurrencies in variant.points.items():
             for concurrency in concurrencies:
                 probe = bodies["generate"] if name == "generate" and concurrency == 16 else None
                 points.append(measure_point(server, ENDPOINTS[name], bodies_files[name], concurrency,
                                             max(seconds, variant.longer.get(name, 0)), warmup_s, probe))
+        loaded_rss = server.rss_mb_each()
         return {"settings": variant.settings, "cold_start_s": server.cold_start_s,
-                "rss_mb_idle": idle_rss, "rss_mb_after_load": server.rss_mb(),
+                "rss_mb_idle": sum(idle_rss), "rss_mb_after_load": sum(loaded_rss),
+                "rss_mb_idle_each": idle_rss, "rss_mb_after_load_each": loaded_rss,
                 "points": [dataclasses.asdict(p) for p in points]}
 
 
@@ -640,6 +642,13 @@ def gc_pauses(point: dict) -> str:
     return f"{point['gc_ms_per_s']:.1f} ({point['gc_long_pauses']})"
 
 
+def memory_split(each: list[float] | None) -> str:
+    """" (supervisor 73, workers 580 + 581)" from resident MB of the supervisor, then the workers."""
+    if not each:
+        return ""
+    return f" (supervisor {each[0]:.0f}, workers {' + '.join(f'{mb:.0f}' for mb in each[1:])})"
+
+
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Serving benchmark", "",
              f"Written by `{report['command']}` at {report['finished']}. Machine: "
@@ -701,8 +710,9 @@ def write_markdown(report: dict, path: Path) -> None:
         ceilings = report["precisions"]["ceilings"][variant] if lowered else report["ceiling"]
         lines += ["", f"## Service: {variant}", "",
                   f"Settings: {result['settings'] or 'defaults'}. Start to ready "
-                  f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle, "
-                  f"{result['rss_mb_after_load']:.0f} MB after the load (all processes).", "",
+                  f"{result['cold_start_s']:.1f} s; resident memory {result['rss_mb_idle']:.0f} MB idle"
+                  f"{memory_split(result.get('rss_mb_idle_each'))}, {result['rss_mb_after_load']:.0f} MB "
+                  f"after the load{memory_split(result.get('rss_mb_after_load_each'))} (all processes).", "",
                   "| endpoint | c | req/s | units/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
                   f"| / {variant + ' ' if lowered else ''}ceiling at batch c | server CPU | wrk CPU "
                   f"| connections per worker | GC ms/s (pauses > {GC_LONG_S * 1000:.0f} ms) |",

@@ -65,7 +65,9 @@ def test_markdown_has_every_section(tmp_path):
                              "ceilings": {"bfloat16": ceiling_bf16, "int8": ceiling_int8}},
               "targets_lower": {"bfloat16": targets(ceiling_bf16, SERVICE, None),
                                 "int8": targets(ceiling_int8, SERVICE, None)},
-              "service": {"batching on": SERVICE, "batching off": OFF, "bfloat16": SERVICE, "int8": SERVICE},
+              "service": {"batching on": {**SERVICE, "rss_mb_idle_each": [70.0, 415.0, 415.0],
+                                          "rss_mb_after_load_each": [70.0, 465.0, 465.0]},
+                          "batching off": OFF, "bfloat16": SERVICE, "int8": SERVICE},
               "comparisons": {"commit abc": {**SERVICE, "points": [point("sentiment", 64, 1300, 80, 120)]}}}
     write_markdown(report, tmp_path / "bench.md")
     text = (tmp_path / "bench.md").read_text()
@@ -84,6 +86,10 @@ def test_markdown_has_every_section(tmp_path):
             in text)
     assert "| commit abc | working tree | - | - | 2.00 |" in text
     assert '`RNNSERVE_PRECISION=float32` ("batching on"), against the ceiling' in text
+    # memory per process where the report has it (older reports sum only)
+    assert ("resident memory 900 MB idle (supervisor 70, workers 415 + 415), 1000 MB after the load "
+            "(supervisor 70, workers 465 + 465) (all processes)" in text)
+    assert "resident memory 900 MB idle, 1000 MB after the load (all processes)" in int8_section
     write_markdown({**report, "precision": "bfloat16", "precisions": None, "targets_lower": None},
                    tmp_path / "bf16.md")
     assert '`RNNSERVE_PRECISION=bfloat16` ("batching on")' in (tmp_path / "bf16.md").read_text()
