@@ -612,11 +612,22 @@ def busy_processes(seconds: float = 1.0, threshold: float = 20.0) -> list[str]:
     return busy
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
 def machine_conditions() -> dict[str, Any]:
     others = busy_processes()
     import bentoml
 
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bfloat16_in_onednn": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "python": platform.python_version(), "torch": torch.__version__,
             "bentoml": bentoml.__version__, "load_average_at_start": os.getloadavg(),
             "busy_processes_at_start": others}
@@ -649,10 +660,20 @@ def memory_split(each: list[float] | None) -> str:
     return f" (supervisor {each[0]:.0f}, workers {' + '.join(f'{mb:.0f}' for mb in each[1:])})"
 
 
+def cpu_description(machine: dict) -> str:
+    """" (AMD EPYC, torch's kernels for AVX2, no bfloat16 in oneDNN)"; "" for older reports."""
+    if "cpu_capability" not in machine:
+        return ""
+    bfloat16 = "bfloat16 in oneDNN" if machine["bfloat16_in_onednn"] else "no bfloat16 in oneDNN"
+    return (f" ({machine['cpu_model'] or 'unknown'}, torch's kernels for {machine['cpu_capability']}, "
+            f"{bfloat16})")
+
+
 def write_markdown(report: dict, path: Path) -> None:
     lines = ["# Serving benchmark", "",
              f"Written by `{report['command']}` at {report['finished']}. Machine: "
-             f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, bentoml "
+             f"{report['machine']['cpus']} CPUs{cpu_description(report['machine'])}, torch "
+             f"{report['machine']['torch']}, bentoml "
              f"{report['machine']['bentoml']}; load average at start "
              f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average_at_start'])}.", ""]
     if report["machine"]["busy_processes_at_start"]:

@@ -59,6 +59,7 @@ def test_markdown_has_every_section(tmp_path):
     quality = {"sentiment_dev_accuracy": 83.0}
     report = {"command": "python -m loadtest.bench", "finished": "now", "ceiling_threads": 1,
               "machine": {"cpus": 2, "torch": "2", "bentoml": "1", "load_average_at_start": [0.1, 0.1, 0.1],
+                          "cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "bfloat16_in_onednn": False,
                           "busy_processes_at_start": ["python -m training.train_x"]},
               "ceiling": CEILING, "targets": targets(CEILING, SERVICE, OFF),
               "precisions": {"quality": {"float32": quality, "bfloat16": quality, "int8": quality},
@@ -86,6 +87,7 @@ def test_markdown_has_every_section(tmp_path):
             in text)
     assert "| commit abc | working tree | - | - | 2.00 |" in text
     assert '`RNNSERVE_PRECISION=float32` ("batching on"), against the ceiling' in text
+    assert "Machine: 2 CPUs (AMD EPYC, torch's kernels for AVX2, no bfloat16 in oneDNN), torch 2," in text
     # memory per process where the report has it (older reports sum only)
     assert ("resident memory 900 MB idle (supervisor 70, workers 415 + 415), 1000 MB after the load "
             "(supervisor 70, workers 465 + 465) (all processes)" in text)
