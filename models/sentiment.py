@@ -144,9 +144,10 @@ def bag_offsets(bags: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
 PROJECTED_WORDS = 4096
 
 
-# From this many texts the fast path beats torch's packed LSTM (`python -m loadtest.bench`'s
-# ceiling); a lone text goes through torch's, whose oneDNN kernel needs no packing for it.
-PROJECTED_MIN_BATCH = 4
+# From this many texts the fast path beats torch's packed LSTM on an AVX2 CPU as well: at 4 it
+# read 0.76-1.00x torch's there, at 8 1.08-1.09x (`python -m loadtest.projected_lstm`). A lone
+# text goes through torch's, whose oneDNN kernel needs no packing for it.
+PROJECTED_MIN_BATCH = 8
 
 
 class ProjectedLSTM:

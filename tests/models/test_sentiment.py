@@ -191,7 +191,9 @@ def test_predict_uses_the_projected_path_from_a_few_texts_and_gets_the_same_answ
     monkeypatch.setattr(sentiment.ProjectedLSTM, "logits",
                         lambda self, batch: calls.append(len(batch)) or logits(self, batch))
     torch.testing.assert_close(classifier.predict_proba(texts), expected, rtol=1e-5, atol=1e-6)
+    assert len(texts) == sentiment.PROJECTED_MIN_BATCH
     classifier.predict_proba(texts[:1])  # a lone text: torch's own LSTM
+    classifier.predict_proba(texts[:-1])  # one text short of the minimum: torch's too
     assert calls == [len(texts)]
 
 
