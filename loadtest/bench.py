@@ -53,7 +53,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from models.generator import CharGenerator, sample_next
-from models.quantize import PRECISIONS, with_precision
+from models.names import PRECISIONS
+from models.quantize import cpu_has_bfloat16, with_precision
 from models.rnn import cat_states
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
@@ -627,7 +628,7 @@ def machine_conditions() -> dict[str, Any]:
 
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bfloat16_in_onednn": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "bfloat16_in_onednn": cpu_has_bfloat16(),
             "python": platform.python_version(), "torch": torch.__version__,
             "bentoml": bentoml.__version__, "load_average_at_start": os.getloadavg(),
             "busy_processes_at_start": others}

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from loadtest.payloads import load_validation_texts
+from loadtest.report import publish
 from models.sentiment import EncodedText, SentimentClassifier
 
 DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
@@ -102,21 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         lines = measure(classifier, reviews, args.rounds)
     config = classifier.module.config
-    text = "\n".join([
-        "# The classifier's batched path: ProjectedLSTM against torch's packed LSTM",
-        "",
-        f"Written by `{' '.join(['python -m loadtest.projected_lstm', *shown])}` with torch "
-        f"{torch.__version__}, {args.threads} torch thread(s), {BATCHES_PER_TIMING} batches per timing, "
-        f"{args.rounds} rounds; medians. Model: {config.hidden_size} units, "
-        f"{'bidirectional ' if config.bidirectional else ''}{config.cell}.",
-        "",
-        *lines,
-        "",
-    ])
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish("The classifier's batched path: ProjectedLSTM against torch's packed LSTM",
+            " ".join(["python -m loadtest.projected_lstm", *shown]),
+            f"{args.threads} torch thread(s), {BATCHES_PER_TIMING} batches per timing, {args.rounds} "
+            f"rounds; medians. Model: {config.hidden_size} units, "
+            f"{'bidirectional ' if config.bidirectional else ''}{config.cell}", lines, args.out)
 
 
 if __name__ == "__main__":

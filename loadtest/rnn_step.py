@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from loadtest.payloads import load_validation_texts
+from loadtest.report import publish
 from models.generator import CharGenerator
 from models.rnn import from_state
 from models.vocab import SPECIALS
@@ -97,20 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     prompts = load_validation_texts().prompts[:PROMPTS]
     with torch.inference_mode():
         lines = measure(generator, prompts, args.repeats)
-    text = "\n".join([
-        "# One generator step and one prompt, by torch path",
-        "",
-        f"Written by `{' '.join(['python -m loadtest.rnn_step', *shown])}` with torch "
-        f"{torch.__version__}, {args.threads} torch thread(s), {args.repeats} timed calls per step "
-        "figure; medians.",
-        "",
-        *lines,
-        "",
-    ])
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish("One generator step and one prompt, by torch path",
+            " ".join(["python -m loadtest.rnn_step", *shown]),
+            f"{args.threads} torch thread(s), {args.repeats} timed calls per step figure; medians",
+            lines, args.out)
 
 
 if __name__ == "__main__":

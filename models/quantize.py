@@ -62,6 +62,12 @@ def bfloat16(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to(torch.bfloat16).eval()
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); elsewhere it is
+    emulated, slower than float32, and has no bfloat16 LSTM to train with."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 COPIES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "float16": dynamic_float16, "bfloat16": bfloat16, "int8": dynamic_int8}
 

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, write_json
+from models.quantize import cpu_has_bfloat16
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,6 @@ class CommonRun:
                              f"(torch reports {torch.backends.cpu.get_cpu_capability()}; it needs "
                              "AVX512-BF16 or AMX): train with --autocast off")
         return lambda: torch.autocast(device.type, dtype=getattr(torch, self.autocast))
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str) -> torch.device:
