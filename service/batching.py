@@ -94,6 +94,7 @@ class ModelLoop:
     def __init__(self, model: str, kind: str):
         self.model = model
         self._kind = kind
+        self._metrics = metrics.ModelMetrics.of(model)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
@@ -160,7 +161,7 @@ class Batcher(ModelLoop, Generic[V, R]):
         widths = widths if widths is not None else [1] * len(values)
         items = [Item(value, length, width, loop.create_future(), now)
                  for value, length, width in zip(values, lengths, widths, strict=True)]
-        observe_length = metrics.input_length.labels(self.model).observe
+        observe_length = self._metrics.input_length.observe
         for length in lengths:
             observe_length(length)
         self._queue.extend(items)
@@ -218,9 +219,9 @@ class Batcher(ModelLoop, Generic[V, R]):
     async def _run(self, batch: list[Item[V]], inline: bool = False) -> None:
         started = time.perf_counter()
         lengths = [item.length for item in batch]
-        metrics.batch_size.labels(self.model).observe(len(batch))
-        metrics.padding_efficiency.labels(self.model).observe(sum(lengths) / (len(batch) * max(lengths)))
-        observe_wait = metrics.queue_wait_seconds.labels(self.model).observe
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.padding_efficiency.observe(sum(lengths) / (len(batch) * max(lengths)))
+        observe_wait = self._metrics.queue_wait_seconds.observe
         for item in batch:
             observe_wait(started - item.enqueued)
         values = [item.value for item in batch]
@@ -230,7 +231,7 @@ class Batcher(ModelLoop, Generic[V, R]):
             else:
                 results, seconds = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._compute, values)
-            metrics.compute_seconds.labels(self.model).observe(seconds)
+            self._metrics.compute_seconds.observe(seconds)
         except Exception as error:  # the executor itself failed: fail this batch, keep serving
             log.exception("%s: batch of %d could not run", self.model, len(batch))
             results = [_Failed(error)] * len(batch)

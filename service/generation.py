@@ -134,7 +134,7 @@ class GenerationLoop(ModelLoop):
                     joining.append(generation)
             now = time.perf_counter()
             for generation in joining:
-                metrics.queue_wait_seconds.labels(self.model).observe(now - generation.enqueued)
+                self._metrics.queue_wait_seconds.observe(now - generation.enqueued)
             try:
                 steps = await loop.run_in_executor(self._executor, self._run_steps, joining,
                                                    publish_soon)
@@ -152,8 +152,8 @@ class GenerationLoop(ModelLoop):
             generation.pieces.put_nowait(error)
         metrics.active_sequences.set(len(self._active))
         for rows, seconds in zip(steps.rows, steps.seconds, strict=True):
-            metrics.batch_size.labels(self.model).observe(rows)
-            metrics.compute_seconds.labels(self.model).observe(seconds)
+            self._metrics.batch_size.observe(rows)
+            self._metrics.compute_seconds.observe(seconds)
         now = time.perf_counter()
         per_endpoint: Counter[str] = Counter()
         for generation, chars in steps.emitted.items():
@@ -179,7 +179,7 @@ class GenerationLoop(ModelLoop):
         joined = _Steps({}, [], [], [], [])
         with torch.inference_mode():
             for generation in joining:
-                metrics.input_length.labels(self.model).observe(
+                self._metrics.input_length.observe(
                     len(self.pipeline.encode(generation.prompt)))
                 try:
                     logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import gc
 import time
+from dataclasses import dataclass, fields
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,6 +47,22 @@ gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collec
                              buckets=SECONDS_BUCKETS)
 model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
                    multiprocess_mode="livemax")
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's children of the per-model histograms, looked up once: each labels() call
+    takes a lock and builds a key, a few times per request on the hot path otherwise."""
+
+    batch_size: Histogram
+    padding_efficiency: Histogram
+    queue_wait_seconds: Histogram
+    compute_seconds: Histogram
+    input_length: Histogram
+
+    @classmethod
+    def of(cls, model: str) -> ModelMetrics:
+        return cls(**{field.name: globals()[field.name].labels(model) for field in fields(cls)})
 
 
 class GCPauses:
