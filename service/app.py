@@ -127,10 +127,12 @@ class RNNServe:
 for list_answer in ("sentiment", "translate"):
     RNNServe.apis[list_answer].output_spec.media_type = "application/json"
 
-RNNServe.add_asgi_middleware(EndpointMiddleware, endpoints={
-    "/sentiment": "sentiment", "/generate": "generate", "/generate_stream": "generate_stream",
-    "/translate": "translate", "/models": "models"})
-# inside EndpointMiddleware, so its error counts see these answers too
+# The first added is the outermost. DirectEndpoints answers the JSON endpoints itself and counts
+# their errors; the other requests to the service's paths (GET, /generate_stream) go on through
+# EndpointMiddleware to BentoML's routes.
 RNNServe.add_asgi_middleware(DirectEndpoints, apis={
     f"/{name}": RNNServe.apis[name] for name in ("sentiment", "translate", "generate")},
     server_header=f"BentoML Service/{RNNServe.name}")
+RNNServe.add_asgi_middleware(EndpointMiddleware, endpoints={
+    "/sentiment": "sentiment", "/generate": "generate", "/generate_stream": "generate_stream",
+    "/translate": "translate", "/models": "models"})

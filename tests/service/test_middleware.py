@@ -9,9 +9,11 @@ from types import SimpleNamespace
 
 import bentoml
 import pytest
+from _bentoml_sdk.io_models import ensure_io_descriptor
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from pydantic import BaseModel, ConfigDict
 
+from service import metrics
 from service.batching import Overloaded
 from service.middleware import DirectEndpoints, fix_bentoml_timeout_middleware
 
@@ -26,17 +28,13 @@ class EchoResult(BaseModel):
     text: str
 
 
-class EchoListResult:
-    """Stands in for BentoML's root model of a list answer."""
-
-    def __init__(self, items: list[EchoResult]):
-        self.items = items
-
-    def model_dump_json(self) -> str:
-        return json.dumps([item.model_dump() for item in self.items])
+# what BentoML makes of an API that returns list[EchoResult]
+EchoListResult = ensure_io_descriptor(list[EchoResult])
 
 
 async def echo(service, text: str, times: int):
+    if text == "slow":
+        await asyncio.sleep(10)
     if text == "full":
         raise Overloaded("echo: 3 items queued, limit 3; retry later")
     if text == "bug":
@@ -104,6 +102,34 @@ def test_overload_is_429_and_a_bug_is_500_without_details(app):
     assert json.loads(body) == {"error": "An unexpected error has occurred, please check the server log."}
 
 
+def test_a_list_answer_is_the_json_bentomls_root_model_gives(app):
+    answers = [EchoResult(text="hé \u2603 \"q\"")] * 3
+    _, _, body = call(app, "POST", "/echo", b'{"text": "h\\u00e9 \\u2603 \\"q\\"", "times": 3}')
+    assert json.loads(body) == json.loads(EchoListResult(answers).model_dump_json())
+
+
+def error_count(endpoint: str, kind: str) -> float:
+    return metrics.errors.labels(endpoint, kind)._value.get()
+
+
+def test_failed_requests_are_counted_by_endpoint_and_kind(app):
+    before = {kind: error_count("echo", kind) for kind in ("validation", "overloaded", "internal")}
+    call(app, "POST", "/echo", b'{"text": "hi"}')
+    call(app, "POST", "/echo", b'{"text": 1}')
+    call(app, "POST", "/echo", b'{"text": "full"}')
+    call(app, "POST", "/echo", b'{"text": "bug"}')
+    call(app, "POST", "/echo", b'{"text": "bug"}')
+    grown = {kind: error_count("echo", kind) - count for kind, count in before.items()}
+    assert grown == {"validation": 1, "overloaded": 1, "internal": 2}
+
+
+def test_a_request_cancelled_by_the_timeout_counts_as_a_timeout(app):
+    before = error_count("echo", "timeout")
+    sent, _ = through_timeout(app, timeout=0.05, body=b'{"text": "slow"}', path="/echo")
+    assert sent[0]["status"] == 504
+    assert error_count("echo", "timeout") - before == 1
+
+
 def test_other_methods_and_paths_go_to_bentoml(app):
     assert call(app, "GET", "/echo", b"")[2] == b"from BentoML"
     assert call(app, "POST", "/other", b"{}")[2] == b"from BentoML"
@@ -111,7 +137,8 @@ def test_other_methods_and_paths_go_to_bentoml(app):
 
 # -- the timeout middleware ----------------------------------------------------------------------
 
-def through_timeout(app, timeout: float) -> tuple[list[dict], list[asyncio.TimerHandle]]:
+def through_timeout(app, timeout: float, body: bytes = b"",
+                    path: str = "/x") -> tuple[list[dict], list[asyncio.TimerHandle]]:
     """The messages `app` sent through BentoML's TimeoutMiddleware (fixed), and the timers the
     middleware scheduled, as the request left them."""
     fix_bentoml_timeout_middleware()
@@ -119,21 +146,21 @@ def through_timeout(app, timeout: float) -> tuple[list[dict], list[asyncio.Timer
     timers: list[asyncio.TimerHandle] = []
 
     async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict) -> None:
         sent.append(message)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        call_later = loop.call_later
+        call_at = loop.call_at  # asyncio's call_later and asyncio.timeout both schedule through it
 
-        def recording_call_later(*args, **kwargs):
-            timers.append(call_later(*args, **kwargs))
+        def recording_call_at(*args, **kwargs):
+            timers.append(call_at(*args, **kwargs))
             return timers[-1]
 
-        loop.call_later = recording_call_later
-        scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+        loop.call_at = recording_call_at
+        scope = {"type": "http", "method": "POST", "path": path, "headers": []}
         await TimeoutMiddleware(app, timeout=timeout)(scope, receive, send)
 
     asyncio.run(asyncio.wait_for(main(), 5))
@@ -191,3 +218,11 @@ def test_an_app_that_ends_without_answering_releases_the_request_at_once():
     assert sent == [] and timers[0].cancelled()
     with pytest.raises(RuntimeError, match="a bug before the first message"):
         through_timeout(broken, timeout=60)
+
+
+def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline():
+    async def times_out_itself(scope, receive, send):
+        raise TimeoutError("the app's own")
+
+    with pytest.raises(TimeoutError, match="the app's own"):
+        through_timeout(times_out_itself, timeout=60)
