@@ -12,9 +12,12 @@ being one shared UNK vector.
 
 from __future__ import annotations
 
+import logging
+import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -25,6 +28,8 @@ from models.names import LABELS
 from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
+
+log = logging.getLogger(__name__)
 
 TASK = "sentiment"
 VOCAB_FILE = "vocab.json"
@@ -150,6 +155,54 @@ PROJECTED_WORDS = 4096
 PROJECTED_MIN_BATCH = 8
 
 
+def pooled_recurrence(gates_in: Tensor, w_hh: Tensor, active: list[int],
+                      hidden: int) -> tuple[Tensor, Tensor]:
+    """ProjectedLSTM's steps: the LSTM recurrence over gates_in (S, D, B, 4H), the input's share
+    of the gate pre-activations (gate order i, f, o, g, g doubled), with w_hh (D, H, 4H). At
+    step t the first active[t] rows read (rows sorted longest first). Returns the max and the sum
+    over time of h, each (D, B, H)."""
+    directions, batch = gates_in.size(1), gates_in.size(2)
+    h = gates_in.new_zeros(directions, batch, hidden)
+    c2 = gates_in.new_zeros(directions, batch, hidden)  # 2c, the cell state doubled
+    maxed = gates_in.new_full((directions, batch, hidden), float("-inf"))
+    summed = gates_in.new_zeros(directions, batch, hidden)
+    for t in range(len(active)):
+        n = active[t]
+        gates = torch.baddbmm(gates_in[t, :, :n], h[:, :n], w_hh).sigmoid_()  # (D, n, 4H)
+        i, f, o, g = gates.split(hidden, dim=-1)  # g = sigmoid(2 x), so tanh(x) = 2g - 1
+        # c' = f c + i tanh(x), doubled: 2c' = f 2c + 4 i g - 2 i
+        c2 = f * c2[:, :n]  # (D, n, H)
+        c2.addcmul_(i, g, value=4.0).sub_(i, alpha=2.0)
+        h = torch.sigmoid(c2).mul_(2).sub_(1).mul_(o)  # o * tanh(c) = o (2 sigmoid(2c) - 1)
+        pooled = maxed[:, :n]
+        torch.maximum(pooled, h, out=pooled)
+        summed[:, :n] += h
+    return maxed, summed
+
+
+@cache
+def compiled_recurrence() -> Callable[[Tensor, Tensor, list[int], int], tuple[Tensor, Tensor]]:
+    """`pooled_recurrence` compiled by TorchScript, else the Python function itself.
+
+    Compiled, the ~14 small ops of each step run from C++: 1.2x the Python loop's sentences/s at
+    batch 28 (1.3x at 8) with the same numbers, and the whole recurrence runs without the GIL.
+    In Python each op gives the GIL up and must win it back, so while a serving worker's event
+    loop runs Python the model thread stalls at every op; compiled, they run side by side.
+    Torch 2.13 deprecates torch.jit.script in favour of torch.compile, which needs a C++
+    compiler at run time (the container has none): the warning is silenced here, and the Python
+    loop, which gives the same numbers, stays the fallback wherever scripting fails.
+    The profiling executor specialises on the first two calls: serving warms it up.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(pooled_recurrence)
+    except Exception:  # no source files to compile, or a torch without TorchScript
+        log.warning("TorchScript could not compile the LSTM recurrence; using the Python loop",
+                    exc_info=True)
+        return pooled_recurrence
+
+
 class ProjectedLSTM:
     """SentimentRNN's forward pass at inference, for a batch of texts, by a faster route to the
     same numbers. For one float32 LSTM layer, one direction or two.
@@ -236,20 +289,12 @@ class ProjectedLSTM:
             steps, directions, batch, 4 * hidden)  # (S, D, B, 4H)
         self._put_rare(gates_in, texts, order, tokens, rare[0] & real, length)
 
-        h = gates_in.new_zeros(directions, batch, hidden)
-        c = gates_in.new_zeros(directions, batch, hidden)
-        maxed = gates_in.new_full((directions, batch, hidden), float("-inf"))
-        summed = gates_in.new_zeros(directions, batch, hidden)
-        active = batch
+        active, rows = [], batch  # rows of the batch still reading at each step
         for t in range(steps):
-            while lengths[active - 1] <= t:
-                active -= 1
-            gates = torch.baddbmm(gates_in[t, :, :active], h[:, :active], self.w_hh).sigmoid_()  # (D, n, 4H)
-            i, f, o, g = gates.split(hidden, dim=-1)
-            c = torch.addcmul(f * c[:, :active], i, g.mul(2).sub_(1))  # (D, n, H)
-            h = torch.sigmoid(c * 2).mul_(2).sub_(1).mul_(o)  # o * tanh(c)
-            torch.maximum(maxed[:, :active], h, out=maxed[:, :active])
-            summed[:, :active] += h
+            while lengths[rows - 1] <= t:
+                rows -= 1
+            active.append(rows)
+        maxed, summed = compiled_recurrence()(gates_in, self.w_hh, active, hidden)  # (D, B, H) each
         # (D, B, H) -> (B, D*H): forward then backward, the layout of torch's outputs
         max_pooled = maxed.transpose(0, 1).reshape(batch, directions * hidden)
         mean_pooled = summed.transpose(0, 1).reshape(batch, directions * hidden) / length[:, None]

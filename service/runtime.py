@@ -125,8 +125,10 @@ class Runtime:
     def _warm_up(self) -> None:
         """One call of every model, so the first request does not pay for lazy initialisation."""
         self.classifier.predict_proba([WARM_UP_TEXT])
-        # a batch big enough for ProjectedLSTM builds its per-word table now, not on a request
-        self.classifier.predict_proba([WARM_UP_TEXT] * sentiment_task.PROJECTED_MIN_BATCH)
+        # a batch big enough for ProjectedLSTM builds its per-word table now, not on a request,
+        # and TorchScript's profiling executor optimises its recurrence over the first calls
+        for _ in range(3):
+            self.classifier.predict_proba([WARM_UP_TEXT] * sentiment_task.PROJECTED_MIN_BATCH)
         self.generator.generate(WARM_UP_TEXT, max_tokens=2, seed=0)
         for translator in self.translators.values():
             translator.translate([WARM_UP_TEXT], beam_size=2)

@@ -166,8 +166,11 @@ PROJECTED_TEXTS = [*TEXTS, "", "qwertyuiop zxcvb good", "not", *TEXTS[1:2],
 @pytest.mark.parametrize("subword_buckets", [0, 64])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("words", [6, sentiment.PROJECTED_WORDS])
-def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words):
+@pytest.mark.parametrize("recurrence", ["compiled", "python"])
+def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words, recurrence, monkeypatch):
     # words=6: most of the vocabulary is missing from the table and projected per batch
+    if recurrence == "python":  # the fallback where TorchScript cannot compile
+        monkeypatch.setattr(sentiment, "compiled_recurrence", lambda: sentiment.pooled_recurrence)
     classifier = lstm_classifier(subword_buckets, bidirectional)
     projected = sentiment.ProjectedLSTM(classifier.module, classifier.vocab, words=words)
     encoded = [classifier.encode(text) for text in PROJECTED_TEXTS]
@@ -177,6 +180,11 @@ def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words)
         # one by one too: the lengths, and so the steps each text shares, change nothing
         alone = torch.cat([projected.logits([text]) for text in encoded])
         torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_recurrence_is_compiled_by_torchscript():
+    # the pinned torch compiles it: the fallback to the Python loop would only cost speed
+    assert isinstance(sentiment.compiled_recurrence(), torch.jit.ScriptFunction)
 
 
 def test_predict_uses_the_projected_path_from_a_few_texts_and_gets_the_same_answers(monkeypatch):
