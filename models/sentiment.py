@@ -233,6 +233,7 @@ class ProjectedLSTM:
         self.hidden_size = hidden = config.hidden_size
         self.directions = 2 if config.bidirectional else 1
         self.words = min(words, config.vocab_size)
+        self.recurrence = compiled_recurrence()  # pooled_recurrence runs the same steps in Python
         rnn = module.rnn
         suffixes = ("", "_reverse")[: self.directions]
         # torch's gate order is i, f, g, o; here i, f, o, g, with g's rows doubled (tanh above)
@@ -294,7 +295,7 @@ class ProjectedLSTM:
             while lengths[rows - 1] <= t:
                 rows -= 1
             active.append(rows)
-        maxed, summed = compiled_recurrence()(gates_in, self.w_hh, active, hidden)  # (D, B, H) each
+        maxed, summed = self.recurrence(gates_in, self.w_hh, active, hidden)  # (D, B, H) each
         # (D, B, H) -> (B, D*H): forward then backward, the layout of torch's outputs
         max_pooled = maxed.transpose(0, 1).reshape(batch, directions * hidden)
         mean_pooled = summed.transpose(0, 1).reshape(batch, directions * hidden) / length[:, None]

@@ -167,12 +167,12 @@ PROJECTED_TEXTS = [*TEXTS, "", "qwertyuiop zxcvb good", "not", *TEXTS[1:2],
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("words", [6, sentiment.PROJECTED_WORDS])
 @pytest.mark.parametrize("recurrence", ["compiled", "python"])
-def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words, recurrence, monkeypatch):
+def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words, recurrence):
     # words=6: most of the vocabulary is missing from the table and projected per batch
-    if recurrence == "python":  # the fallback where TorchScript cannot compile
-        monkeypatch.setattr(sentiment, "compiled_recurrence", lambda: sentiment.pooled_recurrence)
     classifier = lstm_classifier(subword_buckets, bidirectional)
     projected = sentiment.ProjectedLSTM(classifier.module, classifier.vocab, words=words)
+    if recurrence == "python":  # the fallback where TorchScript cannot compile
+        projected.recurrence = sentiment.pooled_recurrence
     encoded = [classifier.encode(text) for text in PROJECTED_TEXTS]
     with torch.inference_mode():
         expected = classifier.logits(classifier.collate(encoded))
