@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import metrics
+from service.balance import ConnectionBalancer, worker_counts
 from service.config import Settings
 from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
@@ -127,9 +128,12 @@ class RNNServe:
 for list_answer in ("sentiment", "translate"):
     RNNServe.apis[list_answer].output_spec.media_type = "application/json"
 
-# The first added is the outermost. DirectEndpoints answers the JSON endpoints itself and counts
-# their errors; the other requests to the service's paths (GET, /generate_stream) go on through
-# EndpointMiddleware to BentoML's routes.
+# The first added is the outermost. ConnectionBalancer sees every request. DirectEndpoints
+# answers the JSON endpoints itself and counts their errors; the other requests to the service's
+# paths (GET, /generate_stream) go on through EndpointMiddleware to BentoML's routes.
+RNNServe.add_asgi_middleware(ConnectionBalancer, counts=lambda: (
+    worker_counts(SETTINGS.workers)
+    if SETTINGS.listen == "per-worker" and SETTINGS.rebalance == "on" else None))
 RNNServe.add_asgi_middleware(DirectEndpoints, apis={
     f"/{name}": RNNServe.apis[name] for name in ("sentiment", "translate", "generate")},
     server_header=f"BentoML Service/{RNNServe.name}")

@@ -93,8 +93,13 @@ class Settings:
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
     workers: int = setting(1, "worker processes, each with its own copy of the models", 1)
     listen: str = setting("per-worker", "with several workers, per-worker: each listens on its own "
-                          "SO_REUSEPORT socket and the kernel spreads connections evenly (Linux); "
+                          "SO_REUSEPORT socket and the kernel spreads connections over them (Linux); "
                           "shared: all accept from BentoML's one socket", choices=("per-worker", "shared"))
+    rebalance: str = setting("on", "with per-worker sockets, on: a worker holding more than its "
+                             "share of the active connections answers that many requests with "
+                             "Connection: close, so their clients reconnect and the kernel places "
+                             "them afresh (service/balance.py); off: connections stay where the "
+                             "kernel's hash put them", choices=("on", "off"))
     timeout_s: float = setting(60.0, "a request still running after this long gets 504", 1)
     access_log: str = setting("off", "on: BentoML's access log, a line per request (path, status, "
                               "time), which costs /sentiment ~8% of its requests/s at c=64; /metrics "

@@ -45,6 +45,8 @@ active_sequences = Gauge("rnnserve_active_sequences", "Sequences in the running 
 gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collection pauses of "
                              "the workers, by generation (2: full)", ["generation"],
                              buckets=SECONDS_BUCKETS)
+rebalanced_connections = Counter("rnnserve_rebalanced_connections", "Connections a worker over its "
+                                 "share closed after an answer, for the kernel to place afresh")
 model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
                    multiprocess_mode="livemax")
 
