@@ -14,6 +14,7 @@ import psutil
 import pytest
 from serving_helpers import running_server
 
+from service.balance import PUBLISH_S, SLACK
 from service.sockets import listen_on_own_socket, worker_fd
 
 WORKER = "/venv/lib/python3.11/site-packages/_bentoml_impl/worker/service.py"
@@ -87,22 +88,67 @@ def test_a_socket_that_is_not_a_tcp_listener_is_left_alone():
     udp.close()
 
 
+def open_connections(url: str, n: int) -> list[tuple[http.client.HTTPConnection, bool]]:
+    """`n` keep-alive connections, one GET /readyz each: (connection, whether the server closed it)."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    opened = []
+    for _ in range(n):
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        opened.append((connection, response.getheader("connection") == "close"))
+    return opened
+
+
+def held_per_worker(url: str) -> list[int]:
+    """Per worker process of the server at `url`, its established connections on the port."""
+    port = urlsplit(url).port
+    server = next(p for p in psutil.process_iter(["cmdline"])
+                  if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"])
+    return sorted(sum(1 for c in worker.net_connections("tcp")
+                      if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+                  for worker in server.children(recursive=True))
+
+
 def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path):
-    with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2") as url:
-        host, port = urlsplit(url).hostname, urlsplit(url).port
-        connections = [http.client.HTTPConnection(host, port, timeout=30) for _ in range(64)]
-        for connection in connections:  # keep-alive: each stays open after its answer
-            connection.request("GET", "/readyz")
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200
-        server = next(p for p in psutil.process_iter(["cmdline"])
-                      if p.info["cmdline"] and "serve" in p.info["cmdline"]
-                      and str(port) in p.info["cmdline"])
-        held = sorted(sum(1 for c in worker.net_connections("tcp")
-                          if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
-                      for worker in server.children(recursive=True))
-        for connection in connections:
+    # the kernel's spread alone: connection rebalancing (service/balance.py) would close some
+    with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2", RNNSERVE_REBALANCE="off") as url:
+        opened = open_connections(url, 64)
+        held = held_per_worker(url)
+        for connection, _ in opened:
             connection.close()
+    assert not any(closed for _, closed in opened)
     assert sum(held) == 64 and len([n for n in held if n]) == 2
     assert min(n for n in held if n) >= 16, held
+
+
+def test_rebalancing_evens_out_the_workers_connections(tiny_shipped_dir, tmp_path):
+    """A closed loop of 64 connections: every request is answered; a connection the server closes
+    is told so in its answer and replaced, as a client would, until whole rounds pass with none
+    closed. Then no worker holds more than its share plus SLACK."""
+    with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2", RNNSERVE_REBALANCE="on") as url:
+        opened = [connection for connection, _ in open_connections(url, 64)]
+        closed, quiet_rounds, deadline = 0, 0, time.monotonic() + 30
+        while quiet_rounds < 3 and time.monotonic() < deadline:
+            closed_in_round = 0
+            for i, connection in enumerate(opened):
+                connection.request("GET", "/readyz")
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200
+                if response.getheader("connection") == "close":
+                    connection.close()
+                    opened[i] = open_connections(url, 1)[0][0]
+                    closed_in_round += 1
+            closed += closed_in_round
+            quiet_rounds = 0 if closed_in_round else quiet_rounds + 1
+            time.sleep(PUBLISH_S)  # every worker publishes its count between rounds
+        time.sleep(0.5)
+        held = held_per_worker(url)
+        for connection in opened:
+            connection.close()
+    assert quiet_rounds == 3, f"still closing connections after 30 s: {held}, {closed} closed"
+    assert sum(held) == 64, held
+    assert max(held) <= 32 + SLACK, (held, closed)
