@@ -29,6 +29,7 @@ from service.config import Settings
 from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
 from service.sockets import balance_connections
+from service.writes import coalesce_http_writes
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -37,6 +38,8 @@ SETTINGS = Settings.from_env()
 fix_bentoml_timeout_middleware()
 if SETTINGS.listen == "per-worker":
     balance_connections(SETTINGS.workers)  # in a worker, before BentoML wraps its socket
+if SETTINGS.coalesce_writes == "on":
+    coalesce_http_writes()
 REQUESTS = request_models(SETTINGS)
 TRACING_EXCLUDED = ("/sentiment", "/translate", "/generate")  # /generate covers /generate_stream
 

@@ -101,6 +101,10 @@ class Settings:
                              "them afresh (service/balance.py); off: connections stay where the "
                              "kernel's hash put them", choices=("on", "off"))
     timeout_s: float = setting(60.0, "a request still running after this long gets 504", 1)
+    coalesce_writes: str = setting("on", "on: what the HTTP server writes to a connection in one "
+                                   "event-loop turn goes out as one send (an answer's headers and "
+                                   "body together; service/writes.py); off: each write as uvicorn "
+                                   "makes it", choices=("on", "off"))
     access_log: str = setting("off", "on: BentoML's access log, a line per request (path, status, "
                               "time), which costs /sentiment ~8% of its requests/s at c=64; /metrics "
                               "counts requests by endpoint and status either way, and errors are "
