@@ -2,9 +2,12 @@
 
     make serve   # = python -m training.store import-shipped; bentoml serve service.app:RNNServe
 
-Thin on purpose: a request is validated (service.schemas), encoded by its models.* pipeline,
-batched (service.batching for sentiment and translation, service.generation for generation),
-and the pipeline's answer returned. The contract is in the README's "Serving" section.
+A plain BentoML service: a request is validated (service.schemas), encoded by its models.*
+pipeline, batched (service.batching for sentiment and translation, service.generation for
+generation), and the pipeline's answer returned. The contract is in docs/serving.md. How
+requests reach these methods (connection limits, one socket per worker, coalesced writes, the
+JSON endpoints answered without BentoML's route) is service/transport's, installed by the two
+transport calls below; docs/transport.md lists each piece.
 
 Settings are read once, when BentoML imports this module: the service decorator (workers,
 timeout) and the request schemas (limits) need them before any instance exists. This module
@@ -23,25 +26,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import metrics
-from service.balance import ConnectionBalancer, worker_counts
+from service import errors, transport
+from service.auth import BearerAuth
 from service.config import Settings
-from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
-from service.sockets import balance_connections
-from service.writes import coalesce_http_writes
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
 SETTINGS = Settings.from_env()
-fix_bentoml_timeout_middleware()
-if SETTINGS.listen == "per-worker":
-    balance_connections(SETTINGS.workers)  # in a worker, before BentoML wraps its socket
-if SETTINGS.coalesce_writes == "on":
-    coalesce_http_writes()
+transport.install(SETTINGS)
 REQUESTS = request_models(SETTINGS)
-TRACING_EXCLUDED = ("/sentiment", "/translate", "/generate")  # /generate covers /generate_stream
+# every endpoint the service declares below, by path (a test holds the two together)
+ENDPOINTS = {f"/{name}": name for name in ("sentiment", "generate", "generate_stream", "translate")}
+DIRECT = ("sentiment", "translate", "generate")  # JSON in, JSON out: service.transport.direct
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -54,8 +52,8 @@ MODELS_APP = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
 @bentoml.asgi_app(MODELS_APP, path="/")
 # No OpenTelemetry spans for the model endpoints: with no exporter configured they are built and
 # thrown away, and building them cost ~15% of the worker's time per request (py-spy, c=64).
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s},
-                 tracing={"excluded_urls": list(TRACING_EXCLUDED)},
+@bentoml.service(workers=SETTINGS.worker_count, traffic={"timeout": SETTINGS.timeout_s},
+                 tracing={"excluded_urls": list(ENDPOINTS)},
                  logging={"access": {"enabled": SETTINGS.access_log == "on"}})
 class RNNServe:
     sentiment_ref = bentoml.models.BentoModel(SETTINGS.sentiment_model)
@@ -114,7 +112,7 @@ class RNNServe:
             # before the first chunk BentoML still answers with an error status (counted by the
             # middleware); after it the stream can only stop, so count the failure here
             if sent:
-                metrics.errors.labels("generate_stream", "internal").inc()
+                errors.count("generate_stream", "internal")
             raise
 
     @bentoml.api(input_spec=REQUESTS.translate)
@@ -125,21 +123,13 @@ class RNNServe:
         return await self.runtime.translate(texts, source, beam_size, max_length, return_attention)
 
 
-# BentoML works out the media type of an answer that is a list (a root model) from its JSON
-# schema, which pydantic rebuilds for every response: ~20% of a worker's time at 64 concurrent
-# /sentiment requests. These answers are always JSON, so say so once.
-for list_answer in ("sentiment", "translate"):
-    RNNServe.apis[list_answer].output_spec.media_type = "application/json"
+def admit(endpoint: str) -> None:
+    """Raise Overloaded when `endpoint`'s model has no room (before its body is read)."""
+    bentoml.get_current_service().runtime.admit(endpoint)
 
-# The first added is the outermost. ConnectionBalancer sees every request. DirectEndpoints
-# answers the JSON endpoints itself and counts their errors; the other requests to the service's
-# paths (GET, /generate_stream) go on through EndpointMiddleware to BentoML's routes.
-RNNServe.add_asgi_middleware(ConnectionBalancer, counts=lambda: (
-    worker_counts(SETTINGS.workers)
-    if SETTINGS.listen == "per-worker" and SETTINGS.rebalance == "on" else None))
-RNNServe.add_asgi_middleware(DirectEndpoints, apis={
-    f"/{name}": RNNServe.apis[name] for name in ("sentiment", "translate", "generate")},
-    server_header=f"BentoML Service/{RNNServe.name}")
-RNNServe.add_asgi_middleware(EndpointMiddleware, endpoints={
-    "/sentiment": "sentiment", "/generate": "generate", "/generate_stream": "generate_stream",
-    "/translate": "translate", "/models": "models"})
+
+# The first added is the outermost; BentoML's own (metrics, access log, timeout) are outside all.
+RNNServe.add_asgi_middleware(errors.ErrorCounting, endpoints={**ENDPOINTS, "/models": "models"})
+if SETTINGS.auth_token:
+    RNNServe.add_asgi_middleware(BearerAuth, token=SETTINGS.auth_token, public=SETTINGS.public_paths)
+transport.wrap(RNNServe, SETTINGS, direct=DIRECT, admit=admit)

@@ -30,25 +30,17 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
 import torch
-from bentoml.exceptions import BentoMLException
 
 from service import metrics
+from service.errors import Overloaded
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 R = TypeVar("R")
-
-
-class Overloaded(BentoMLException):
-    """A model's queue is full: HTTP 429, retry later."""
-
-    def __init__(self, message: str):
-        super().__init__(message, error_code=HTTPStatus.TOO_MANY_REQUESTS)
 
 
 @dataclass(eq=False)
@@ -91,8 +83,9 @@ class ModelLoop:
     """One asyncio task that feeds one model. The model runs in a thread of its own, so the event
     loop keeps serving HTTP while it computes. Subclasses write `_loop`."""
 
-    def __init__(self, model: str, kind: str):
+    def __init__(self, model: str, kind: str, max_queue: int):
         self.model = model
+        self.max_queue = max_queue
         self._kind = kind
         self._metrics = metrics.ModelMetrics.of(model)
         self._wakeup = asyncio.Event()
@@ -121,6 +114,16 @@ class ModelLoop:
     async def _loop(self) -> None:
         raise NotImplementedError
 
+    def queued(self) -> int:
+        """Items (texts, prompts) waiting for the model."""
+        raise NotImplementedError
+
+    def check_room(self, items: int) -> None:
+        """Raise Overloaded unless `items` more fit in the queue."""
+        if self.queued() + items > self.max_queue:
+            raise Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
+                             "(RNNSERVE_MAX_QUEUE); retry later")
+
 
 class Batcher(ModelLoop, Generic[V, R]):
     """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
@@ -128,12 +131,11 @@ class Batcher(ModelLoop, Generic[V, R]):
     def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
                  max_batch_tokens: int, max_wait_s: float, max_queue: int, inline_max_tokens: int = 0,
                  others_busy: Callable[[], bool] = lambda: False):
-        super().__init__(model, "batcher")
+        super().__init__(model, "batcher", max_queue)
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._max_wait_s = max_wait_s
-        self._max_queue = max_queue
         self._inline_max_tokens = inline_max_tokens
         self._others_busy = others_busy  # other models of this worker: their loops need the event loop
         self._queue: list[Item[V]] = []
@@ -142,6 +144,9 @@ class Batcher(ModelLoop, Generic[V, R]):
     @property
     def busy(self) -> bool:
         return self._in_flight or bool(self._queue)
+
+    def queued(self) -> int:
+        return len(self._queue)
 
     async def close(self) -> None:
         await super().close()
@@ -153,9 +158,7 @@ class Batcher(ModelLoop, Generic[V, R]):
         """Results for `values` (of `lengths` tokens, needing `widths` rows each), in order."""
         if not self.running:
             raise RuntimeError(f"the {self.model} batcher is not running")
-        if len(self._queue) + len(values) > self._max_queue:
-            raise Overloaded(f"{self.model}: {len(self._queue)} items queued, limit {self._max_queue}; "
-                             "retry later")
+        self.check_room(len(values))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         widths = widths if widths is not None else [1] * len(values)

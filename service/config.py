@@ -8,6 +8,7 @@ the variable named, rather than surfacing later as a 500.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,35 @@ def parse_precisions(value: str) -> dict[str, str]:
     return precisions
 
 
+PUBLIC_GROUPS = {
+    "health": ("/livez", "/readyz", "/healthz"),
+    "metrics": ("/metrics",),
+    "docs": ("/", "/docs.json", "/static_content"),
+}
+
+
+def parse_public(value: str) -> tuple[str, ...]:
+    """The groups of RNNSERVE_AUTH_PUBLIC."""
+    groups = tuple(filter(None, (part.strip() for part in value.split(","))))
+    for group in groups:
+        if group not in PUBLIC_GROUPS:
+            raise ValueError(f"{group!r} is not a path group: must be one of {', '.join(PUBLIC_GROUPS)}")
+    return groups
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may run on: its affinity mask, lowered by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(os.path.join(cgroup_root, "cpu.max")) as file:
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return max(1, cpus)
+
+
 @dataclass(frozen=True)
 class Settings:
     # which store models to serve
@@ -91,7 +121,9 @@ class Settings:
                              parse=parse_precisions)
     # processes
     torch_threads: int = setting(1, "torch intra-op threads per worker", 1)
-    workers: int = setting(1, "worker processes, each with its own copy of the models", 1)
+    workers: int = setting(0, "worker processes, each with its own copy of the models; 0: one per "
+                           "CPU this process may use (its affinity mask and cgroup CPU quota), at "
+                           "least one", 0)
     listen: str = setting("per-worker", "with several workers, per-worker: each listens on its own "
                           "SO_REUSEPORT socket and the kernel spreads connections over them (Linux); "
                           "shared: all accept from BentoML's one socket", choices=("per-worker", "shared"))
@@ -101,6 +133,31 @@ class Settings:
                              "them afresh (service/balance.py); off: connections stay where the "
                              "kernel's hash put them", choices=("on", "off"))
     timeout_s: float = setting(60.0, "a request still running after this long gets 504", 1)
+    # connection limits, per worker (service/transport/limits.py)
+    max_connections: int = setting(1024, "open connections per worker; one more gets 503 and is "
+                                   "closed at once (also capped by the file-descriptor limit)", 1)
+    header_timeout_s: float = setting(10.0, "a request's headers must arrive within this long of "
+                                      "its first byte (or of the connection's start): else 408 "
+                                      "and the connection closes", 0.1)
+    body_timeout_s: float = setting(30.0, "a request's body must arrive within this long of its "
+                                    "headers: else 408 and the connection closes", 0.1)
+    keepalive_timeout_s: float = setting(5.0, "an idle keep-alive connection closes after this "
+                                         "long", 0.1)
+    max_header_bytes: int = setting(16384, "most bytes of a request's line and headers: else 431",
+                                    256)
+    max_headers: int = setting(100, "most headers in a request: else 431", 1)
+    max_body_bytes: int = setting(1 << 20, "most bytes of a request body: else 413, before the "
+                                  "body is read when Content-Length says so (the default fits the "
+                                  "largest valid request, 64 texts of 1,000 escaped characters)", 1)
+    # who may call
+    auth_token: str = setting("", "when set, every request needs `Authorization: Bearer <token>` "
+                              "(else 401), but for the paths RNNSERVE_AUTH_PUBLIC names; compared "
+                              "in constant time. Set it whenever the port is reachable by anyone "
+                              "but trusted callers")
+    auth_public: str = setting("health,metrics", "with a token, the path groups that stay open: "
+                               "any of health (/livez, /readyz, /healthz), metrics (/metrics) and "
+                               "docs (/, /docs.json and BentoML's static files), comma-separated; "
+                               "'' for none", parse=lambda value: parse_public(value))
     coalesce_writes: str = setting("on", "on: what the HTTP server writes to a connection in one "
                                    "event-loop turn goes out as one send (an answer's headers and "
                                    "body together; service/writes.py); off: each write as uvicorn "
@@ -146,6 +203,16 @@ class Settings:
                     raise ValueError(f"{name}={raw!r}: {error}") from None
             values[field.name] = value
         return cls(**values)
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the CPUs this process may use."""
+        return self.workers or usable_cpus()
+
+    @property
+    def public_paths(self) -> frozenset[str]:
+        """The paths a request may reach without the token (`auth_public`)."""
+        return frozenset(path for group in parse_public(self.auth_public) for path in PUBLIC_GROUPS[group])
 
     @property
     def precisions(self) -> dict[str, str]:

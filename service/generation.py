@@ -32,7 +32,7 @@ from torch import Tensor
 from models.generator import CharGenerator, sample_next
 from models.rnn import State, cat_states, select_state
 from service import metrics
-from service.batching import ModelLoop, Overloaded
+from service.batching import ModelLoop
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,9 @@ class _Steps:
 
 class GenerationLoop(ModelLoop):
     def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int):
-        super().__init__(model, "generation")
+        super().__init__(model, "generation", max_queue)
         self.pipeline = pipeline
         self._max_active = max_active
-        self._max_queue = max_queue
         self._pending: deque[Generation] = deque()
         # The running batch. Only _step touches it, in the executor thread; the event loop
         # awaits each step before starting the next, so the two never overlap.
@@ -89,14 +88,15 @@ class GenerationLoop(ModelLoop):
     def busy(self) -> bool:
         return bool(self._active or self._pending)
 
+    def queued(self) -> int:
+        return len(self._pending)
+
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
         """The characters of one continuation, in lists of those ready together."""
         if not self.running:
             raise RuntimeError(f"the {self.model} generation loop is not running")
-        if len(self._pending) >= self._max_queue:
-            raise Overloaded(f"{self.model}: {len(self._pending)} prompts waiting, limit "
-                             f"{self._max_queue}; retry later")
+        self.check_room(1)
         seed = secrets.randbits(63) if seed is None else seed
         generation = Generation(prompt, max_tokens, temperature, top_k,
                                 torch.Generator().manual_seed(seed), endpoint, time.perf_counter())

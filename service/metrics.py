@@ -39,7 +39,7 @@ time_to_first_token_seconds = Histogram("rnnserve_time_to_first_token_seconds", 
                                         "generation request's arrival to its first character",
                                         ["endpoint"], buckets=SECONDS_BUCKETS)
 errors = Counter("rnnserve_errors", "Failed requests by endpoint and kind (validation, "
-                 "client, overloaded, timeout, internal)", ["endpoint", "kind"])
+                 "client, overloaded, timeout, internal, disconnected)", ["endpoint", "kind"])
 active_sequences = Gauge("rnnserve_active_sequences", "Sequences in the running generation "
                          "batch", multiprocess_mode="livesum")
 gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collection pauses of "
@@ -47,6 +47,10 @@ gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collec
                              buckets=SECONDS_BUCKETS)
 rebalanced_connections = Counter("rnnserve_rebalanced_connections", "Connections a worker over its "
                                  "share closed after an answer, for the kernel to place afresh")
+limit_rejections = Counter("rnnserve_limit_rejections", "Requests and connections stopped by a "
+                           "limit (connections, header_timeout, header_bytes, headers, body_timeout, "
+                           "body_bytes, unauthorized), and requests whose client went away "
+                           "(disconnected)", ["limit"])
 model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
                    multiprocess_mode="livemax")
 
@@ -126,8 +130,8 @@ VALIDATION_STATUSES = frozenset({400, 413, 415, 422})
 def error_kind(status: int) -> str | None:
     """The errors_total kind of an HTTP status, None for a success.
 
-    validation: the body was rejected; client: another 4xx (wrong method); overloaded: 429/503;
-    timeout: 504; internal: any other 5xx.
+    validation: the body was rejected (400, 413, 415, 422); client: another 4xx (wrong method,
+    401); overloaded: 429/503; timeout: 408, 504; internal: any other 5xx.
     """
     if status < 400:
         return None
@@ -135,6 +139,6 @@ def error_kind(status: int) -> str | None:
         return "validation"
     if status in (429, 503):
         return "overloaded"
-    if status == 504:
+    if status in (408, 504):
         return "timeout"
     return "internal" if status >= 500 else "client"

@@ -173,7 +173,17 @@ class Runtime:
 
     # -- what the endpoints call -----------------------------------------------------------------
 
+    def admit(self, endpoint: str) -> None:
+        """Raise Overloaded when no model `endpoint` may use has room for one more item."""
+        loops = {"sentiment": [self.sentiment_batcher], "translate": [*self.translate_batchers.values()],
+                 "generate": [self.generation], "generate_stream": [self.generation]}[endpoint]
+        for loop in loops[1:]:
+            if loop.queued() < loop.max_queue:
+                return
+        loops[0].check_room(1)
+
     async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
+        self.sentiment_batcher.check_room(len(texts))  # before encoding: shedding must be cheap
         sequences = [self.classifier.encode(text) for text in texts]
         probabilities = await self.sentiment_batcher.submit(sequences, [len(s) for s in sequences])
         return [sentiment_result(p) for p in probabilities]
@@ -181,6 +191,7 @@ class Runtime:
     async def translate(self, texts: list[str], source: str, beam_size: int, max_length: int | None,
                         return_attention: bool) -> list[TranslationResult]:
         translator = self.translators[source]
+        self.translate_batchers[source].check_room(len(texts))
         jobs = []
         for text in texts:
             source_ids = translator.encode_source(text)

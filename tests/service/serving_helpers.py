@@ -22,8 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def running_server(shipped_dir: Path | None, workdir: Path, **settings: str) -> Iterator[str]:
     """Import `shipped_dir` (None: models/pretrained) into a fresh store, serve it, yield the URL.
 
-    SIGTERM at the end, then wait: nothing is left running.
+    SIGTERM at the end, then wait: nothing is left running. One worker unless `settings` say
+    otherwise (the default is one per CPU).
     """
+    settings = {"RNNSERVE_WORKERS": "1", **settings}
     bentoml_home = import_models(shipped_dir or SHIPPED_DIR, workdir / "bentoml_home")
     with serving(REPO_ROOT, bentoml_home, workdir / "server.log", settings) as server:
         yield server.url

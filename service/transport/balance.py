@@ -1,11 +1,10 @@
 """Keep the workers' shares of the client connections even, by closing surplus ones.
 
-With one `SO_REUSEPORT` socket per worker (service/sockets.py) the kernel places each new
-connection by a hash of its addresses and ports: a coin toss per connection. Batches form per
+With one `SO_REUSEPORT` socket per worker (service/transport/sockets.py) the kernel places each
+new connection by a hash of its addresses and ports: a coin toss per connection. Batches form per
 worker, so a closed loop of 64 long-lived connections that lands 40/24 on two workers runs the
-first at 40 / 32 of the even share's queue, and that worker sets the p99: on 2026-12-05, three
-runs of the same code read a /sentiment p99 at c=64 of 40.1 ms at 32/32, 51.5 ms at 36/28 and
-61.9 ms at 40/24 (reports/bench/sentiment-p99-jit/).
+first at 40 / 32 of the even share's queue, and that worker sets the p99 (docs/transport.md has
+the runs).
 
 `ConnectionBalancer` counts, per worker, the connections that sent a request in the last
 `WINDOW_S` seconds (by the client's address and port), and every worker publishes its count to
@@ -13,7 +12,7 @@ a small file all the server's workers map (`SharedCounts`). A worker holding mor
 share (ceil(total / workers) + `SLACK`) answers the next requests of that many connections with
 `Connection: close`: HTTP/1.1 clients open a new connection for their next request, which the
 kernel places afresh, and the counts even out within a few reconnections. A client pays one TCP
-handshake; no request is refused or cut. The figures it bought are in the README (Performance).
+handshake; no request is refused or cut. What it bought: docs/transport.md.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from service import metrics
-from service.sockets import argument, worker_fd
+from service.transport.sockets import argument, worker_fd
 
 WINDOW_S = 1.0  # a connection counts as active for this long after its last request
 PUBLISH_S = 0.1  # how often a worker publishes its count and reads the others'

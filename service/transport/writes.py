@@ -3,12 +3,11 @@
 uvicorn writes an answer's status line and headers with one `transport.write` and its body with
 another. On a connection with nothing buffered each write is a send() system call on the spot,
 so a /sentiment answer cost two: at 64 concurrent /sentiment requests they were ~20% of a
-worker's event-loop time (py-spy, 2026-12-06). `CoalescingTransport` stands between uvicorn's
+worker's event-loop time (py-spy). `CoalescingTransport` stands between uvicorn's
 protocol and the connection's transport: it keeps the writes of the current turn of the event
 loop and hands them to the transport as one at the end of that turn. An answer goes out when it
 would have, a few microseconds later at most (the rest of the turn); a stream's chunks go out
-each in the turn that wrote it; order is kept. Measured in alternation against writes as uvicorn
-makes them, the README gives what it bought (Performance).
+each in the turn that wrote it; order is kept. What it bought: docs/transport.md.
 
 `coalesce_http_writes` installs it for every connection uvicorn's HTTP/1.1 protocols accept.
 """

@@ -1,4 +1,4 @@
-"""service.sockets: each worker listens on its own SO_REUSEPORT socket, so that the kernel spreads
+"""service.transport.sockets: each worker listens on its own SO_REUSEPORT socket, so that the kernel spreads
 connections over the workers instead of the first awake worker taking them all."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import psutil
 import pytest
 from serving_helpers import running_server
 
-from service.balance import PUBLISH_S, SLACK, WINDOW_S
-from service.sockets import listen_on_own_socket, worker_fd
+from service.transport.balance import PUBLISH_S, SLACK, WINDOW_S
+from service.transport.sockets import listen_on_own_socket, worker_fd
 
 WORKER = "/venv/lib/python3.11/site-packages/_bentoml_impl/worker/service.py"
 
@@ -113,7 +113,7 @@ def held_per_worker(url: str) -> list[int]:
 
 
 def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path):
-    # the kernel's spread alone: connection rebalancing (service/balance.py) would close some
+    # the kernel's spread alone: connection rebalancing (service/transport/balance.py) would close some
     with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2", RNNSERVE_REBALANCE="off") as url:
         opened = open_connections(url, 64)
         held = held_per_worker(url)

@@ -1,4 +1,4 @@
-"""service.balance: the workers' shared connection counts, and the middleware that closes a
+"""service.transport.balance: the workers' shared connection counts, and the middleware that closes a
 worker's surplus connections after their answer."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from service import balance, metrics
-from service.balance import ConnectionBalancer, SharedCounts, worker_counts
+from service import metrics
+from service.transport import balance
+from service.transport.balance import ConnectionBalancer, SharedCounts, worker_counts
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""service.writes: a connection's writes of one event-loop turn go out as one."""
+"""service.transport.writes: a connection's writes of one event-loop turn go out as one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.writes import CoalescingTransport, coalesce_http_writes
+from service.transport.writes import CoalescingTransport, coalesce_http_writes
 
 
 class RecordingTransport(asyncio.Transport):

@@ -1,5 +1,6 @@
-"""service.middleware: DirectEndpoints (BentoML's statuses and bodies, without BentoML's route) and
-the fixed TimeoutMiddleware (504 as BentoML's, without leaving a timer behind per request)."""
+"""service.transport.direct: DirectEndpoints (BentoML's statuses and bodies, without BentoML's
+route), behind service.errors.ErrorCounting, and service.transport.timeout: the fixed
+TimeoutMiddleware (504 as BentoML's, without leaving a timer behind per request)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from pydantic import BaseModel, ConfigDict
 
 from service import metrics
-from service.batching import Overloaded
-from service.middleware import DirectEndpoints, fix_bentoml_timeout_middleware
+from service.errors import ErrorCounting, Overloaded
+from service.transport.direct import DirectEndpoints
+from service.transport.timeout import fix_bentoml_timeout_middleware
 
 
 class EchoRequest(BaseModel):
@@ -44,7 +46,7 @@ async def echo(service, text: str, times: int):
     return EchoResult(text=text)
 
 
-def call(app: DirectEndpoints, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
+def call(app, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
     """(status, headers, body) of one request through `app`."""
     sent: list[dict] = []
     incoming = [{"type": "http.request", "body": body[:3], "more_body": True},
@@ -61,16 +63,27 @@ def call(app: DirectEndpoints, method: str, path: str, body: bytes) -> tuple[int
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
 
 
+FULL = {"now": False}  # whether the echo model admits no more requests
+
+
+def admit(endpoint: str) -> None:
+    if FULL["now"]:
+        raise Overloaded(f"{endpoint}: 9 items queued, limit 9; retry later")
+
+
 @pytest.fixture
-def app(monkeypatch) -> DirectEndpoints:
+def app(monkeypatch):
     monkeypatch.setattr(bentoml, "get_current_service", lambda: object())
+    monkeypatch.setitem(FULL, "now", False)
     api = SimpleNamespace(input_spec=EchoRequest, output_spec=EchoListResult, func=echo)
 
     async def bentoml_route(scope, receive, send):
         await send({"type": "http.response.start", "status": 405, "headers": []})
         await send({"type": "http.response.body", "body": b"from BentoML"})
 
-    return DirectEndpoints(bentoml_route, apis={"/echo": api}, server_header="BentoML Service/Test")
+    direct = DirectEndpoints(bentoml_route, apis={"/echo": api}, server_header="BentoML Service/Test",
+                             admit=admit)
+    return ErrorCounting(direct, endpoints={"/echo": "echo"})
 
 
 def test_answers_with_the_output_model_and_bentomls_headers(app):
@@ -94,12 +107,33 @@ def test_bad_input_is_400_in_bentomls_validation_format(app):
     assert status == 400 and json.loads(body)["detail"][0]["loc"] == ["text"]
 
 
-def test_overload_is_429_and_a_bug_is_500_without_details(app):
-    status, _, body = call(app, "POST", "/echo", b'{"text": "full"}')
+def test_overload_is_429_with_retry_after_and_a_bug_is_500_without_details(app, caplog):
+    status, headers, body = call(app, "POST", "/echo", b'{"text": "full"}')
     assert (status, json.loads(body)) == (429, [{"error": "echo: 3 items queued, limit 3; retry later"}])
+    assert headers[b"retry-after"] == b"1"
+    assert not any(record.exc_info for record in caplog.records)  # shedding logs no traceback
     status, _, body = call(app, "POST", "/echo", b'{"text": "bug"}')
     assert status == 500
     assert json.loads(body) == {"error": "An unexpected error has occurred, please check the server log."}
+
+
+def test_a_model_without_room_sheds_the_request_before_reading_its_body(app):
+    FULL["now"] = True
+    read = []
+
+    async def receive() -> dict:
+        read.append(1)
+        return {"type": "http.request", "body": b'{"text": "hi"}', "more_body": False}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/echo", "headers": []}, receive, send))
+    assert sent[0]["status"] == 429 and (b"retry-after", b"1") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == [{"error": "echo: 9 items queued, limit 9; retry later"}]
+    assert read == []
 
 
 def test_a_list_answer_is_the_json_bentomls_root_model_gives(app):

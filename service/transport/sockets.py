@@ -2,11 +2,8 @@
 over the workers.
 
 BentoML's arbiter binds one socket and passes it to every worker (`--fd N`). The worker that
-wakes first accepts every connection waiting, so long-lived connections split unevenly: in the
-bench of 2026-11-29 10:03 (reports/bench/bench.md, "connections per worker") wrk's 64 connections
-landed 47/17 and 57/7 on the two workers, its 16 landed 16/0, and the loaded worker, with two
-or three times the other's batch, set the p99; on the workers' own sockets they landed 36/28,
-35/29 and 33/31.
+wakes first accepts every connection waiting, so long-lived connections split unevenly, and the
+loaded worker, with two or three times the other's batch, sets the p99 (docs/transport.md).
 
 `listen_on_own_socket` runs in a worker as BentoML loads the service, before the worker wraps
 the fd into its server. It binds a socket of the worker's own to the same address with
