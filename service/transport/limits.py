@@ -137,13 +137,14 @@ def limit_connections(limits: Limits) -> None:
     send_400 = Protocol.send_400_response
 
     def reject(self: Any, status: int, limit: str, message: str) -> None:
+        if self.transport.is_closing():
+            return  # closed meanwhile (a timer that outlived its request)
         trip(limit, message)
         self._rnnserve.phase = "rejected"  # close lingering: the request may still be coming
         if self.cycle is not None:
             self.cycle.disconnected = True  # the app's later sends go nowhere
-        if not self.transport.is_closing():
-            self.transport.write(raw_answer(status, message, retry_after=status == 503))
-            self.transport.close()
+        self.transport.write(raw_answer(status, message, retry_after=status == 503))
+        self.transport.close()
 
     def arm(self: Any, seconds: float, status: int, limit: str, message: str) -> None:
         guard = self._rnnserve
@@ -170,6 +171,7 @@ def limit_connections(limits: Limits) -> None:
         guard = getattr(self, "_rnnserve", None)
         if guard is not None:
             guard.cancel_timer()
+            guard.phase = "done"  # nothing left to linger for
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             state = cycle.scope.get("state", {})

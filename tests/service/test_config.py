@@ -69,3 +69,22 @@ def test_precision_is_one_for_every_model_or_per_task_over_the_default():
     # items apply in order: every model first, then one task
     assert precisions(" bfloat16, sentiment=float16 ") == {
         "sentiment": "float16", "generator": "bfloat16", "translator": "bfloat16"}
+
+
+def test_workers_default_to_the_usable_cpus_lowered_by_a_cgroup_quota(tmp_path, monkeypatch):
+    from service import config
+
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert config.usable_cpus(str(tmp_path)) == 4  # no cpu.max: the affinity mask
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert config.usable_cpus(str(tmp_path)) == 4
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert config.usable_cpus(str(tmp_path)) == 2  # 1.5 CPUs of quota: two workers
+    (tmp_path / "cpu.max").write_text("20000 100000\n")
+    assert config.usable_cpus(str(tmp_path)) == 1
+    assert Settings(workers=3).worker_count == 3
+
+
+def test_a_path_group_that_does_not_exist_stops_the_server():
+    with pytest.raises(ValueError, match="RNNSERVE_AUTH_PUBLIC='health,admin'.*'admin' is not a path group"):
+        Settings.from_env({"RNNSERVE_AUTH_PUBLIC": "health,admin"})
