@@ -5,7 +5,7 @@ are measured in alternation, round after round, on the same request bodies.
         --base-settings RNNSERVE_WORKERS=2 --concurrency 1 --rounds 12
 
 On these shared machines the same server reads up to ~1.2x apart at c=1 from one run to the next
-(README "Performance"), so a small change measured server after server is noise. Here each round
+(docs/performance.md), so a small change measured server after server is noise. Here each round
 runs wrk against A and B back to back (ABBA order: neither always goes first), and the report gives
 the medians, the ratio B / A of each round, and in how many rounds B was faster. Writes JSON and
 markdown (default `reports/bench/interleaved.{json,md}`).
