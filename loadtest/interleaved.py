@@ -24,17 +24,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from loadtest.bench import (
-    ENDPOINTS,
-    REPO_ROOT,
-    import_models,
-    parse_settings,
-    request_bodies,
-    run_wrk,
-    serving,
-    wrk_figures,
-)
+from loadtest.endpoints import ENDPOINTS, request_bodies
 from loadtest.payloads import load_validation_texts
+from loadtest.server import REPO_ROOT, import_models, parse_settings, serving
+from loadtest.wrk import run_wrk, wrk_figures
 
 log = logging.getLogger(__name__)
 
