@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from support.server import REPO_ROOT, running_server  # noqa: E402
+from support.server import REPO_ROOT, running_server
 
 pytestmark = [
     pytest.mark.slow,
