@@ -9,7 +9,10 @@ PORT ?= 3000
 
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install test test-quick lint format serve train train-quick evaluate quality cells clean bento container
+.PHONY: help install test test-quick lint format docs serve train train-quick evaluate quality cells clean bento container
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,20 +23,23 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv with the pinned dependencies
 
 # Tiny test models run fastest single-threaded; two threads per process only contend here.
-test: install  ## ruff, then the whole pytest suite
+test: install  ## ruff, then the whole pytest suite (what CI runs), the slowest tests listed
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
 
-test-quick: install  ## ruff, then the tests not marked slow
+test-quick: install  ## ruff, then the tests marked neither slow nor server (no real servers)
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not slow and not server"
 
-lint: install
+lint: install  ## ruff check
 	$(VENV)/bin/ruff check .
 
-format: install
+format: install  ## ruff format, then ruff's fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+docs: install  ## regenerate the settings table in docs/configuration.md from service/config.py
+	$(PY) -m service.config --update docs/configuration.md
 
 serve: install  ## import the shipped models into the store if missing, serve on $(HOST):$(PORT)
 	$(PY) -m training.store import-shipped
@@ -51,10 +57,10 @@ evaluate: install  ## test-split metrics of the store's (or shipped) models: JSO
 quality: install  ## evaluate, and write the table with the targets to reports/quality.md
 	$(PY) -m training.evaluate --report reports/quality.md
 
-cells: install  ## rnn vs gru vs lstm on every task at an equal budget -> reports/cells.md
-	$(PY) -m training.compare_cells
+cells: install  ## experiment: rnn vs gru vs lstm on every task at an equal budget -> reports/cells.md
+	$(PY) -m training.experiments.compare_cells
 
-clean:
+clean:  ## remove .venv and the caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # The bento is built from the BentoML store in $BENTOML_HOME (default ~/bentoml), the one
@@ -67,7 +73,7 @@ IMAGE ?= rnn-serve:latest
 container: bento  ## docker image $(IMAGE) from the latest bento: needs a running Docker engine (none on these machines)
 	$(VENV)/bin/bentoml containerize rnn-serve:latest -t $(IMAGE)
 
-# Load test and benchmark (README "Performance"). `make load` needs a running server (`make serve`
+# Load test and benchmark (docs/performance.md). `make load` needs a running server (`make serve`
 # in another shell): TARGET is its URL. HOST and PORT above are only the address `make serve` binds.
 .PHONY: load bench
 TARGET ?= http://127.0.0.1:$(PORT)
@@ -82,12 +88,8 @@ load: install  ## locust headless against $(TARGET): CSV + HTML to reports/load/
 		--csv reports/load/load --html reports/load/load.html --exit-code-on-error 0 $(PROFILE)
 	$(PY) -m loadtest.slo reports/load/load_stats.csv
 
-# The commit before the performance work and one after each step, then settings worth comparing:
-# each is served and loaded in the same run as the working tree (README "Performance"). The
-# RNNSERVE_PRECISION=float32, =float16, =bfloat16 and =int8 servers are always measured in full, unless
-# --skip-precisions.
-BENCH_FLAGS ?= --compare 7aceba2 fba42ff 57936de \
-	--settings RNNSERVE_WORKERS=2 RNNSERVE_TORCH_THREADS=2 RNNSERVE_MAX_BATCH_SIZE=32 \
-	RNNSERVE_PRECISION=int8,RNNSERVE_WORKERS=2
-bench: install  ## ceiling, service under wrk (apt-get install wrk), batching off -> reports/bench/bench.{json,md}
+# Two workers, one per core of a 2-core machine. Comparisons with other commits or settings are
+# flags (--compare REF, --settings VAR=VALUE): docs/performance.md lists the ones worth running.
+BENCH_FLAGS ?= --base-settings RNNSERVE_WORKERS=2
+bench: install  ## ceiling, service under wrk (apt-get install wrk), batching off, precisions -> reports/bench/bench.{json,md}
 	$(PY) -m loadtest.bench $(BENCH_FLAGS)

@@ -21,7 +21,8 @@ from pathlib import Path
 import bentoml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.bench import free_port, ready, run_wrk
+from loadtest.server import free_port, ready
+from loadtest.wrk import run_wrk
 from models.sentiment import SentimentClassifier
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ are measured in alternation, round after round, on the same request bodies.
         --base-settings RNNSERVE_WORKERS=2 --concurrency 1 --rounds 12
 
 On these shared machines the same server reads up to ~1.2x apart at c=1 from one run to the next
-(README "Performance"), so a small change measured server after server is noise. Here each round
+(docs/performance.md), so a small change measured server after server is noise. Here each round
 runs wrk against A and B back to back (ABBA order: neither always goes first), and the report gives
 the medians, the ratio B / A of each round, and in how many rounds B was faster. Writes JSON and
 markdown (default `reports/bench/interleaved.{json,md}`).
@@ -24,17 +24,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from loadtest.bench import (
-    ENDPOINTS,
-    REPO_ROOT,
-    import_models,
-    parse_settings,
-    request_bodies,
-    run_wrk,
-    serving,
-    wrk_figures,
-)
+from loadtest.endpoints import ENDPOINTS, request_bodies
 from loadtest.payloads import load_validation_texts
+from loadtest.server import REPO_ROOT, import_models, parse_settings, serving
+from loadtest.wrk import run_wrk, wrk_figures
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 Per endpoint (locust's request name): the share of failed requests, and the p95 and p99 response
 times. An endpoint with no requests in the run is skipped: the profile did not exercise it. The
 numbers are for the shipped models on one 2-core machine under `make load`'s default profile;
-the README's performance section lists them.
+docs/performance.md lists them.
 """
 
 from __future__ import annotations

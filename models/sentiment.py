@@ -149,8 +149,8 @@ def bag_offsets(bags: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
 PROJECTED_WORDS = 4096
 
 
-# From this many texts the fast path beats torch's packed LSTM on an AVX2 CPU as well: at 4 it
-# read 0.76-1.00x torch's there, at 8 1.08-1.09x (`python -m loadtest.projected_lstm`). A lone
+# From this many texts the fast path beats torch's packed LSTM on an AVX2 CPU as well; at 4 it
+# does not always (`python -m loadtest.projected_lstm` measures both; docs/batching.md). A lone
 # text goes through torch's, whose oneDNN kernel needs no packing for it.
 PROJECTED_MIN_BATCH = 8
 
@@ -184,8 +184,8 @@ def pooled_recurrence(gates_in: Tensor, w_hh: Tensor, active: list[int],
 def compiled_recurrence() -> Callable[[Tensor, Tensor, list[int], int], tuple[Tensor, Tensor]]:
     """`pooled_recurrence` compiled by TorchScript, else the Python function itself.
 
-    Compiled, the ~14 small ops of each step run from C++: 1.2x the Python loop's sentences/s at
-    batch 28 (1.3x at 8) with the same numbers, and the whole recurrence runs without the GIL.
+    Compiled, the ~14 small ops of each step run from C++, faster than the Python loop with the
+    same numbers (reports/bench/HISTORY.md), and the whole recurrence runs without the GIL.
     In Python each op gives the GIL up and must win it back, so while a serving worker's event
     loop runs Python the model thread stalls at every op; compiled, they run side by side.
     Torch 2.13 deprecates torch.jit.script in favour of torch.compile, which needs a C++

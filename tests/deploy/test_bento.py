@@ -15,10 +15,11 @@ import urllib.request
 
 import pytest
 import yaml
-from deploy_helpers import BIN, REPO, bentoml_server, store_env
 
-from loadtest.bench import import_models
+from loadtest.server import import_models
 from models.sentiment import LABELS, SentimentClassifier
+
+from support.deploy import BIN, REPO, bentoml_server, store_env
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,7 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck(built):
     assert "nvidia" not in dockerfile.lower() and "cuda" not in dockerfile.lower()
 
 
+@pytest.mark.server
 def test_exported_bento_serves_on_its_own(built, tiny_shipped_dir, tmp_path):
     archive = tmp_path / "rnn-serve.bento"
     subprocess.run([str(BIN / "bentoml"), "export", built["tag"], str(archive)],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from deploy_helpers import DEPLOY
+
+from support.deploy import DEPLOY
 
 
 def compose() -> dict:

@@ -7,7 +7,8 @@ import re
 
 import pytest
 import yaml
-from deploy_helpers import DEPLOY, exported_metrics, promql_metric_names, rnnserve_metrics
+
+from support.deploy import DEPLOY, exported_metrics, promql_metric_names, rnnserve_metrics
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "rnn-serve.json"

@@ -7,9 +7,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_helpers import DEPLOY
 
 from service.config import Settings
+
+from support.deploy import DEPLOY
 
 K8S = DEPLOY / "k8s"
 # The oldest and the newest Kubernetes minor the manifests are meant for.

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_helpers import (
+
+from loadtest.server import free_port, import_models
+
+from support.deploy import (
     DEPLOY,
     REPO,
     bentoml_server,
@@ -34,12 +37,11 @@ from deploy_helpers import (
     wait_for_http,
 )
 
-from loadtest.bench import free_port, import_models
-
 log = logging.getLogger(__name__)
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.server,
     pytest.mark.skipif(shutil.which("prometheus") is None,
                        reason="prometheus not found: install Debian's prometheus package "
                               "(apt-get install prometheus); .ci/run does"),

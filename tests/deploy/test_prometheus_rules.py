@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 import yaml
-from deploy_helpers import DEPLOY, exported_metrics, promql_metric_names
+
+from support.deploy import DEPLOY, exported_metrics, promql_metric_names
 
 PROMETHEUS = DEPLOY / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"

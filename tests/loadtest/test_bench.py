@@ -1,4 +1,5 @@
-"""loadtest.bench: targets and the markdown report from made-up figures; wrk's result line."""
+"""The benchmark (loadtest.bench and its modules): targets and the markdown report from made-up
+figures; the ceiling's arithmetic; wrk's result line."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import shutil
 import pytest
 import torch
 
-from loadtest import bench
-from loadtest.bench import (
-    CEILING_BATCHES,
-    batchmate_shift,
-    items_per_second,
-    mixed_ceiling,
-    targets,
-    write_markdown,
-)
+from loadtest import ceiling
+from loadtest.bench_markdown import write_markdown
+from loadtest.ceiling import CEILING_BATCHES, items_per_second, mixed_ceiling
+from loadtest.precision_quality import batchmate_shift
+from loadtest.server import parse_settings
+from loadtest.targets import targets
+from loadtest.wrk import run_wrk
 
 
 def point(endpoint: str, concurrency: int, rps: float, p50: float, p99: float, units: float = 1.0) -> dict:
@@ -109,7 +108,7 @@ def test_the_default_servers_ceiling_takes_each_endpoint_from_its_models_precisi
 
 def test_items_per_second_counts_what_the_runs_return(monkeypatch):
     clock = iter(range(100))  # each run is one second on a fake clock
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(ceiling.time, "perf_counter", lambda: next(clock))
     runs = []
 
     def run(batch):
@@ -125,8 +124,6 @@ def test_items_per_second_counts_what_the_runs_return(monkeypatch):
 def test_wrk_script_reports_its_result_line(tmp_path):
     import http.server
     import threading
-
-    from loadtest.bench import run_wrk
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
@@ -154,8 +151,6 @@ def test_wrk_script_reports_its_result_line(tmp_path):
 
 
 def test_settings_parse_into_variables():
-    from loadtest.bench import parse_settings
-
     assert parse_settings("") == {}
     assert parse_settings("RNNSERVE_WORKERS=2,RNNSERVE_PRECISION=int8") == {
         "RNNSERVE_WORKERS": "2", "RNNSERVE_PRECISION": "int8"}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from serving_helpers import REPO_ROOT, running_server  # noqa: E402
+from support.server import REPO_ROOT, running_server
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.server,
     pytest.mark.skipif(not os.environ.get("RNNSERVE_DATA_DIR"),
                        reason="the load test reads validation splits: set RNNSERVE_DATA_DIR"),
 ]

@@ -6,9 +6,10 @@ import re
 
 import pytest
 import torch
-from conftest import made_up_sentences, make_tiny_sentiment
 
 from loadtest.projected_lstm import BATCHES, measure
+
+from support.tiny_models import made_up_sentences, make_tiny_sentiment
 
 
 def test_measure_times_every_batch_both_ways_and_finds_the_same_probabilities():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import torch
-from conftest import make_tiny_generator
 
 from loadtest.rnn_step import BATCHES, measure
+
+from support.tiny_models import make_tiny_generator
 
 
 def test_measure_times_every_batch_both_ways_and_finds_the_same_logits():

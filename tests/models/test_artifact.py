@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import made_up_sentences, make_tiny_generator, make_tiny_sentiment, make_tiny_translator
 from safetensors.torch import load_file
 
 from models.artifact import (
@@ -28,6 +27,13 @@ from models.sentiment import SentimentClassifier
 from models.translator import SOURCE_SPM, Translator
 from models.vocab import BOS_ID, Vocab
 from training.subwords import train_sentencepiece
+
+from support.tiny_models import (
+    made_up_sentences,
+    make_tiny_generator,
+    make_tiny_sentiment,
+    make_tiny_translator,
+)
 
 
 def sentiment_outputs(pipeline: SentimentClassifier) -> list:

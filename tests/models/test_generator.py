@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_generator
 
 from models.generator import EMPTY_PROMPT, CharGenerator, CharLM, CharLMConfig, sample_next
 from models.rnn import CELLS
 from models.vocab import SPECIALS, UNK_ID
+
+from support.tiny_models import make_tiny_generator
 
 
 @pytest.fixture(scope="module", params=CELLS)

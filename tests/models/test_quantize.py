@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_generator, make_tiny_sentiment, make_tiny_translator
 from torch import nn
 
 from models.generator import CharGenerator
@@ -14,6 +13,8 @@ from models.quantize import COPIES, bfloat16, dynamic_float16, dynamic_int8, wit
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 from models.vocab import BOS_ID
+
+from support.tiny_models import make_tiny_generator, make_tiny_sentiment, make_tiny_translator
 
 REVIEWS = ["good film", "the plot was not very funny but the actor is great", "a dull boring film"]
 

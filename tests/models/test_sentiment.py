@@ -6,7 +6,6 @@ import zlib
 
 import pytest
 import torch
-from conftest import make_tiny_sentiment
 
 from models import sentiment
 from models.quantize import with_precision
@@ -20,6 +19,8 @@ from models.sentiment import (
     subword_ids,
 )
 from models.vocab import PAD_ID, UNK_ID
+
+from support.tiny_models import make_tiny_sentiment
 
 TEXTS = [
     "good",

@@ -7,11 +7,12 @@ import io
 import pytest
 import sentencepiece as spm
 import torch
-from conftest import made_up_sentences, make_tiny_translator
 
 from models.artifact import ArtifactError
 from models.translator import Seq2Seq, Translator, TranslatorConfig
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
+
+from support.tiny_models import made_up_sentences, make_tiny_translator
 
 TEXTS = [
     "the film was good",

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import running_server
 
 from models.generator import CharGenerator
 from models.quantize import with_precision
@@ -25,7 +24,9 @@ from models.translator import Translator
 from models.vocab import UNK_ID
 from service.config import Settings
 
-pytestmark = pytest.mark.slow
+from support.server import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 RNNSERVE_METRICS = ("rnnserve_batch_size", "rnnserve_padding_efficiency", "rnnserve_queue_wait_seconds",
                     "rnnserve_compute_seconds", "rnnserve_input_length",

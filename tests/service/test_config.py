@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from models import generator, sentiment, translator
-from service.config import TASKS, Settings
+from service.config import TABLE_END, TABLE_START, TASKS, Settings, main, markdown_table, with_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_defaults_without_variables():
@@ -44,15 +43,29 @@ def test_a_bad_value_names_the_variable(name, value, message):
         Settings.from_env({name: value})
 
 
-def test_the_readme_documents_every_variable():
-    text = README.read_text(encoding="utf-8")
-    section = re.search(r"<!-- serving:start -->(.*)<!-- serving:end -->", text, re.S)
-    assert section, "README has no serving section"
-    rows = {line.split("|")[1].strip(): line for line in section.group(1).splitlines()
+def test_the_configuration_page_holds_the_generated_table():
+    """docs/configuration.md's settings table is `markdown_table()`: `make docs` rewrites it."""
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    assert with_table(text) == text, "docs/configuration.md is out of date: run `make docs`"
+
+
+def test_the_generated_table_lists_every_variable_with_its_default_and_limits():
+    rows = {line.split("|")[1].strip(): line for line in markdown_table().splitlines()
             if line.startswith("| `RNNSERVE_")}
-    for name, default, _ in Settings.describe():
-        assert f"`{name}`" in rows, name
-        assert f"`{default}`" in rows[f"`{name}`"], (name, default)
+    assert list(rows) == [f"`{name}`" for name, _, _ in Settings.describe()]
+    for name, default, help_text in Settings.describe():
+        assert f"`{default}`" in rows[f"`{name}`"] and help_text in rows[f"`{name}`"], name
+    assert "int >= 1" in rows["`RNNSERVE_MAX_BATCH_SIZE`"]
+    assert "`on` or `off`" in rows["`RNNSERVE_ACCESS_LOG`"]
+
+
+def test_updating_a_page_replaces_only_the_generated_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{TABLE_START}\nstale\n{TABLE_END}\noutro\n")
+    main(["--update", str(page)])
+    assert page.read_text() == f"intro\n{TABLE_START}\n{markdown_table()}{TABLE_END}\noutro\n"
+    with pytest.raises(ValueError, match="settings:start"):
+        with_table("no block here")
 
 
 def test_precision_is_one_for_every_model_or_per_task_over_the_default():

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 import torch
-from conftest import make_tiny_generator
 
 from service.batching import Overloaded
 from service.generation import Generation, GenerationLoop
+
+from support.tiny_models import make_tiny_generator
 
 
 @pytest.fixture(scope="module", autouse=True)

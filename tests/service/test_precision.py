@@ -7,14 +7,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from serving_helpers import running_server
 
 from models.generator import CharGenerator
 from models.quantize import with_precision
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 
-pytestmark = pytest.mark.slow
+from support.server import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 @pytest.fixture(scope="module", params=["float16", "int8", "bfloat16"])

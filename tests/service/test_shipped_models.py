@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from serving_helpers import running_server
 
 from training.store import SHIPPED_DIR, STORE_INFO_FILE
 
-pytestmark = pytest.mark.slow
+from support.server import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 SERVED = ("sentiment-rnn", "char-generator", "translator-de-en", "translator-ko-en")
 MISSING = [name for name in SERVED if not (SHIPPED_DIR / name / STORE_INFO_FILE).is_file()]

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from serving_helpers import running_server
+from support.server import running_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 TOKEN = "s3cret-token"
 LIMITS = {"RNNSERVE_HEADER_TIMEOUT_S": "1", "RNNSERVE_BODY_TIMEOUT_S": "1",

@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from serving_helpers import running_server
 
 from service.transport.balance import PUBLISH_S, SLACK, WINDOW_S
 from service.transport.sockets import listen_on_own_socket, worker_fd
+
+from support.server import running_server
 
 WORKER = "/venv/lib/python3.11/site-packages/_bentoml_impl/worker/service.py"
 
@@ -112,6 +113,7 @@ def held_per_worker(url: str) -> list[int]:
                   for worker in server.children(recursive=True))
 
 
+@pytest.mark.server
 def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path):
     # the kernel's spread alone: connection rebalancing (service/transport/balance.py) would close some
     with running_server(tiny_shipped_dir, tmp_path, RNNSERVE_WORKERS="2", RNNSERVE_REBALANCE="off") as url:
@@ -124,6 +126,7 @@ def test_a_two_worker_server_spreads_its_connections(tiny_shipped_dir, tmp_path)
     assert min(n for n in held if n) >= 16, held
 
 
+@pytest.mark.server
 def test_rebalancing_evens_out_the_workers_connections(tiny_shipped_dir, tmp_path):
     """A closed loop of 64 connections: every request is answered; a connection the server closes
     is told so in its answer and replaced, as a client would, until none has been closed for

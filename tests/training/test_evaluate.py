@@ -9,10 +9,11 @@ import os
 
 import pytest
 import torch
-from conftest import make_tiny_generator, make_tiny_sentiment
 
 from training import evaluate
 from training.store import SHIPPED_DIR, STORE_INFO_FILE
+
+from support.tiny_models import make_tiny_generator, make_tiny_sentiment
 
 
 def test_sentiment_accuracy_counts_correct_predictions():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_tiny_sentiment, write_shipped
+from support.tiny_models import make_tiny_sentiment, write_shipped
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

@@ -17,7 +17,6 @@ from models.generator import CharGenerator, CharLM
 from models.sentiment import SentimentClassifier
 from models.translator import Translator
 from training import (
-    averaged_vs_raw,
     common,
     data,
     evaluate,
@@ -25,6 +24,7 @@ from training import (
     train_sentiment,
     train_translator,
 )
+from training.experiments import averaged_vs_raw
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

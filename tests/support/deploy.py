@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.metrics import MetricWrapperBase
 
-from loadtest.bench import free_port
+from loadtest.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -1,6 +1,6 @@
 """What weight averaging buys: validation loss of a generator checkpoint's raw and averaged weights.
 
-    python -m training.averaged_vs_raw checkpoints/char-generator/best.pt --hidden-size 512
+    python -m training.experiments.averaged_vs_raw checkpoints/char-generator/best.pt --hidden-size 512
 
 A checkpoint of `train_generator --ema D` holds both the weights the optimizer moved ("raw") and
 their exponential moving average ("averaged", what validation scores and what ships). The flags

@@ -1,9 +1,7 @@
 """A real `bentoml serve` in a subprocess, with its own BentoML store, for the server tests.
 
-Store and server are the benchmark's (`loadtest.bench.import_models`, `serving`): one way to
-fill a store and to start, wait for and stop a server.
-Not a conftest.py: tests elsewhere import tests/conftest.py as `conftest`, and a second module of
-that name would shadow it.
+Store and server come from loadtest.server, which the benchmark uses too: one way to fill a
+store and to start, wait for and stop a server. Tests that use it are marked `server`.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from loadtest.bench import import_models, serving
+from loadtest.server import import_models, serving
 from training.store import SHIPPED_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

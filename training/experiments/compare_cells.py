@@ -1,6 +1,6 @@
 """The same task, the same budget, three cells: what gated memory buys.
 
-    python -m training.compare_cells --tasks sentiment generator translator
+    python -m training.experiments.compare_cells --tasks sentiment generator translator
 
 Each run uses the task's script with `--no-store` and a reduced, equal budget per cell, selects
 on validation as usual, and reports test metrics, parameters and training time. Writes
@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cells.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Cells compared: rnn vs gru vs lstm", "",
-             "Same task, same reduced budget per cell (see `training/compare_cells.py`). "
+             "Same task, same reduced budget per cell (see `training/experiments/compare_cells.py`). "
              "Generator: val_loss in nats/char (lower is better), on the validation split, "
              "which is its report split.", "",
              "| task | cell | metric | validation | test | parameters | training s | hardware |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['cell']} | {r['metric']} | {r['validation']} | {r['test']} | "
               f"{r['parameters']:,} | {r['training_seconds']:.0f} | {r['hardware']} |" for r in rows]
-    lines += ["", "Reproduce: `python -m training.compare_cells`", ""]
+    lines += ["", "Reproduce: `python -m training.experiments.compare_cells`", ""]
     (args.out / "cells.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return rows
