@@ -11,7 +11,7 @@ How this one works:
 - idle, the loop wakes on the first item and runs it at once: a lone request is never delayed.
   Under light load (the last batch was a lone item too, the worker's other models idle), a lone
   short item (at most `inline_max_tokens`) even runs on the event loop's own thread: that skips
-  two thread hand-offs (~0.4 ms of a ~3 ms answer at c=1, README "Performance") and blocks the
+  two thread hand-offs (a noticeable share of a lone short answer, docs/batching.md) and blocks the
   loop only for a short text's model time;
 - busy (items queued while the last batch ran), it may wait up to `max_wait_s` more for the
   batch to fill, because more requests are evidently arriving;

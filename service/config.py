@@ -1,7 +1,7 @@
 """The service's settings: one frozen dataclass read from RNNSERVE_* environment variables.
 
 Every field is one variable, named RNNSERVE_ + the field name in capitals, with its default and
-help text beside it; the README table lists the same. A bad value stops the server at start with
+help text beside it; docs/configuration.md is generated from it (`make docs`). A bad value stops the server at start with
 the variable named, rather than surfacing later as a 500.
 """
 
@@ -31,7 +31,7 @@ def setting(default: Any, help: str, minimum: float | None = None,
 TASKS = ("sentiment", "generator", "translator")
 # float16 weights are lossless for artifacts stored in float16 (every one training writes) and
 # answer the same whatever the batchmates; the classifier stays float32, where float16 adds
-# least (README "Precisions").
+# least (docs/performance.md, "Precisions").
 DEFAULT_PRECISION = "sentiment=float32,generator=float16,translator=float16"
 
 
@@ -116,7 +116,7 @@ class Settings:
                              "(sentiment, generator, translator). float16: float16 LSTM/GRU/Linear "
                              "weights, float32 arithmetic; bfloat16: every weight and activation "
                              "in bfloat16; int8: dynamic int8 LSTM/GRU/Linear weights "
-                             "(models.quantize). Made at load from the same artifacts; the README "
+                             "(models.quantize). Made at load from the same artifacts; docs/performance.md "
                              "gives their speed, quality and batch independence",
                              parse=parse_precisions)
     # processes

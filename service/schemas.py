@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP contract (README "Serving").
+"""Request and response bodies of the HTTP contract (docs/serving.md).
 
 Requests are pydantic models whose limits come from Settings, so BentoML rejects a bad request
 before it reaches a model, with a 400 whose JSON names the field (`loc`) and the limit (`msg`).
