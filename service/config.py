@@ -1,8 +1,8 @@
 """The service's settings: one frozen dataclass read from RNNSERVE_* environment variables.
 
 Every field is one variable, named RNNSERVE_ + the field name in capitals, with its default and
-help text beside it; docs/configuration.md is generated from it (`make docs`). A bad value stops the server at start with
-the variable named, rather than surfacing later as a 500.
+help text beside it; docs/configuration.md is generated from it (`make docs`). A bad value stops
+the server at start with the variable named, rather than surfacing later as a 500.
 """
 
 from __future__ import annotations

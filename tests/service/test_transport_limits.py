@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from support.server import running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
