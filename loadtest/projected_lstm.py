@@ -4,7 +4,7 @@ and what compiling its recurrence by TorchScript buys over the same steps run as
     python -m loadtest.projected_lstm                 # the shipped classifier, 1 torch thread
     python -m loadtest.projected_lstm --out reports/bench/projected-lstm/in-process.md
 
-Three paths compute the same probabilities (models/sentiment.py, `ProjectedLSTM`): torch's packed
+Three paths compute the same probabilities (models/projected_lstm.py): torch's packed
 LSTM, `ProjectedLSTM` as served (its recurrence compiled by TorchScript) and `ProjectedLSTM` with
 `pooled_recurrence` run as a Python loop. This measures sentences/s at each batch size, the paths
 in alternation (median of `--rounds` rounds, so that machine drift hits all alike), on SST-2 dev
@@ -32,7 +32,8 @@ import torch
 
 from loadtest.payloads import load_validation_texts
 from loadtest.report import publish
-from models.sentiment import EncodedText, SentimentClassifier, pooled_recurrence
+from models.projected_lstm import pooled_recurrence
+from models.sentiment import EncodedText, SentimentClassifier
 
 DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
 BATCHES = (1, 4, 8, 16, 32, 64)

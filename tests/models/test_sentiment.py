@@ -7,7 +7,7 @@ import zlib
 import pytest
 import torch
 
-from models import sentiment
+from models import projected_lstm, sentiment
 from models.quantize import with_precision
 from models.rnn import CELLS
 from models.sentiment import (
@@ -166,14 +166,14 @@ PROJECTED_TEXTS = [*TEXTS, "", "qwertyuiop zxcvb good", "not", *TEXTS[1:2],
 
 @pytest.mark.parametrize("subword_buckets", [0, 64])
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("words", [6, sentiment.PROJECTED_WORDS])
+@pytest.mark.parametrize("words", [6, projected_lstm.PROJECTED_WORDS])
 @pytest.mark.parametrize("recurrence", ["compiled", "python"])
 def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words, recurrence):
     # words=6: most of the vocabulary is missing from the table and projected per batch
     classifier = lstm_classifier(subword_buckets, bidirectional)
-    projected = sentiment.ProjectedLSTM(classifier.module, classifier.vocab, words=words)
+    projected = projected_lstm.ProjectedLSTM(classifier.module, classifier.vocab, words=words)
     if recurrence == "python":  # the fallback where TorchScript cannot compile
-        projected.recurrence = sentiment.pooled_recurrence
+        projected.recurrence = projected_lstm.pooled_recurrence
     encoded = [classifier.encode(text) for text in PROJECTED_TEXTS]
     with torch.inference_mode():
         expected = classifier.logits(classifier.collate(encoded))
@@ -185,7 +185,7 @@ def test_projected_lstm_equals_the_module(subword_buckets, bidirectional, words,
 
 def test_the_recurrence_is_compiled_by_torchscript():
     # the pinned torch compiles it: the fallback to the Python loop would only cost speed
-    assert isinstance(sentiment.compiled_recurrence(), torch.jit.ScriptFunction)
+    assert isinstance(projected_lstm.compiled_recurrence(), torch.jit.ScriptFunction)
 
 
 def test_predict_uses_the_projected_path_from_a_few_texts_and_gets_the_same_answers(monkeypatch):
@@ -196,8 +196,8 @@ def test_predict_uses_the_projected_path_from_a_few_texts_and_gets_the_same_answ
         encoded = [classifier.encode(t) for t in texts]
         expected = torch.softmax(classifier.logits(classifier.collate(encoded)), -1)
     calls = []
-    logits = sentiment.ProjectedLSTM.logits
-    monkeypatch.setattr(sentiment.ProjectedLSTM, "logits",
+    logits = projected_lstm.ProjectedLSTM.logits
+    monkeypatch.setattr(projected_lstm.ProjectedLSTM, "logits",
                         lambda self, batch: calls.append(len(batch)) or logits(self, batch))
     torch.testing.assert_close(classifier.predict_proba(texts), expected, rtol=1e-5, atol=1e-6)
     assert len(texts) == sentiment.PROJECTED_MIN_BATCH
@@ -227,10 +227,10 @@ def test_projected_path_follows_the_weights_and_the_module():
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_projected_path_is_for_float32_lstms_only(cell):
-    assert not sentiment.ProjectedLSTM.supports(make_tiny_sentiment(cell=cell).module)
+    assert not projected_lstm.ProjectedLSTM.supports(make_tiny_sentiment(cell=cell).module)
     lstm = lstm_classifier().module
-    assert sentiment.ProjectedLSTM.supports(lstm)
-    assert not sentiment.ProjectedLSTM.supports(with_precision(lstm, "int8"))
-    assert not sentiment.ProjectedLSTM.supports(with_precision(lstm, "bfloat16"))
+    assert projected_lstm.ProjectedLSTM.supports(lstm)
+    assert not projected_lstm.ProjectedLSTM.supports(with_precision(lstm, "int8"))
+    assert not projected_lstm.ProjectedLSTM.supports(with_precision(lstm, "bfloat16"))
     with pytest.raises(ValueError, match="float32 single-layer LSTM"):
-        sentiment.ProjectedLSTM(with_precision(lstm, "float16"), lstm_classifier().vocab)
+        projected_lstm.ProjectedLSTM(with_precision(lstm, "float16"), lstm_classifier().vocab)
