@@ -68,12 +68,12 @@ def coalesce_http_writes() -> None:
     from uvicorn.protocols.http import h11_impl, httptools_impl
 
     for protocol in (httptools_impl.HttpToolsProtocol, h11_impl.H11Protocol):
+        if getattr(protocol, "_rnnserve_coalescing", False):
+            continue  # already (maybe under other wrappers since: service/transport/limits.py)
         made = protocol.connection_made
-        if getattr(made, "coalescing", False):
-            continue
 
         def connection_made(self: Any, transport: asyncio.Transport, made: Any = made) -> None:
             made(self, CoalescingTransport(transport, self.loop))
 
-        connection_made.coalescing = True  # type: ignore[attr-defined]
         protocol.connection_made = connection_made
+        protocol._rnnserve_coalescing = True
