@@ -3,6 +3,7 @@ are measured in alternation, round after round, on the same request bodies.
 
     python -m loadtest.interleaved --a RNNSERVE_INLINE_MAX_TOKENS=0 --b "" \\
         --base-settings RNNSERVE_WORKERS=2 --concurrency 1 --rounds 12
+    python -m loadtest.interleaved --a-ref main --a "" --b "" --base-settings RNNSERVE_WORKERS=2
 
 On these shared machines the same server reads up to ~1.2x apart at c=1 from one run to the next
 (docs/performance.md), so a small change measured server after server is noise. Here each round
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from loadtest.endpoints import ENDPOINTS, request_bodies
 from loadtest.payloads import load_validation_texts
-from loadtest.server import REPO_ROOT, import_models, parse_settings, serving
+from loadtest.server import REPO_ROOT, export_tree, import_models, parse_settings, serving
 from loadtest.wrk import run_wrk, wrk_figures
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ def write_markdown(report: dict, path: Path) -> None:
              f"Written by `{report['command']}` at {report['finished']}: "
              f"`{report['endpoint']}` at c={report['concurrency']}, {s['rounds']} rounds of "
              f"{report['seconds']} s per side, ABBA order, both servers running throughout.", "",
-             f"- A: {report['a'] or 'defaults'}", f"- B: {report['b'] or 'defaults'}",
+             f"- A: {report['a'] or 'defaults'}"
+             + (f", served from commit `{report['a_ref']}`" if report.get("a_ref") else ""),
+             f"- B: {report['b'] or 'defaults'}, the working tree",
              f"- both: {report['base_settings'] or 'defaults'}", "",
              "| side | req/s (median) | p50 ms (median) | p99 ms (median) |", "|---|---|---|---|"]
     for side in ("a", "b"):
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="settings of server B ('' for the defaults)")
     parser.add_argument("--base-settings", default="", metavar="VAR=VALUE[,VAR=VALUE]",
                         help="settings of both, under their own")
+    parser.add_argument("--a-ref", default=None, metavar="REF",
+                        help="serve A from this commit's files (git archive) instead of the working "
+                             "tree: a before/after of a change, both on the working tree's models")
     parser.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="sentiment")
     parser.add_argument("--concurrency", type=int, default=1, help="wrk connections")
     parser.add_argument("--rounds", type=int, default=12, help="A and B runs each")
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         home = import_models(args.models, workdir / "bentoml_home")
         bodies_file = workdir / "bodies.jsonl"
         bodies_file.write_text("".join(json.dumps(b) + "\n" for b in bodies))
-        servers = {side: stack.enter_context(serving(REPO_ROOT, home, workdir / f"server-{side}.log",
+        trees = {"a": export_tree(args.a_ref, workdir / "a-tree") if args.a_ref else REPO_ROOT,
+                 "b": REPO_ROOT}
+        servers = {side: stack.enter_context(serving(trees[side], home, workdir / f"server-{side}.log",
                                                      settings[side]))
                    for side in ("a", "b")}
         for server in servers.values():  # warm-up, unmeasured
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "endpoint": args.endpoint, "concurrency": args.concurrency, "seconds": args.seconds,
               "a": parse_settings(args.a), "b": parse_settings(args.b), "base_settings": base,
+              "a_ref": args.a_ref,
               "rounds": rounds, "summary": summarize(rounds)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "interleaved.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
