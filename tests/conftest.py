@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.artifact import write_json
+from models.artifact import record_checksums, write_json
 from models.generator import CharGenerator, CharLM, CharLMConfig
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
 from models.text import sentiment_tokens
@@ -61,6 +61,7 @@ def write_shipped(directory: Path, name: str, pipeline, task: str, cell: str) ->
     folder = directory / name
     pipeline.save(folder)
     write_json(folder / "metrics.json", {"note": "tiny random test model"})
+    record_checksums(folder, ["metrics.json"])
     write_json(folder / STORE_INFO_FILE, {"name": name, "version": "vtest", "labels": {"task": task},
                                           "metadata": {"task": task, "cell": cell}})
     return folder
