@@ -26,6 +26,7 @@ from starlette.routing import Route
 from service import metrics
 from service.balance import ConnectionBalancer, worker_counts
 from service.config import Settings
+from service.integrity import verify_served_models
 from service.middleware import DirectEndpoints, EndpointMiddleware, fix_bentoml_timeout_middleware
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
 from service.sockets import balance_connections
@@ -62,6 +63,10 @@ class RNNServe:
     generator_ref = bentoml.models.BentoModel(SETTINGS.generator_model)
     translator_de_ref = bentoml.models.BentoModel(SETTINGS.translator_de_model)
     translator_ko_ref = bentoml.models.BentoModel(SETTINGS.translator_ko_model)
+
+    @bentoml.on_deployment
+    def verify_models() -> None:
+        verify_served_models(RNNServe.models)  # in the supervisor, before any worker starts
 
     def __init__(self) -> None:
         from service.runtime import ModelRefs, Runtime  # torch: in the workers only
