@@ -12,10 +12,12 @@ worker (service.integrity), and that process must not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+import mmap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,28 @@ ONES_WHERE = {mask: bytes(int((b & mask) == mask) for b in range(256))
               for m in EXPONENT_MASKS.values() for mask in (m >> 8, m & 0xFF)}
 
 
+# The weights are checked this many bytes at a time: small copies, which the allocator reuses.
+CHUNK_BYTES = 1 << 20
+
+
 class ArtifactError(ValueError):
     """An artifact folder is incomplete, damaged, or its parts disagree."""
 
 
-def sha256_of(data: bytes) -> str:
+def sha256_of(data: bytes | mmap.mmap) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def mapped(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """The file's bytes, mapped rather than read: the supervisor that checks them before serving
+    would otherwise keep the heap a whole weights file grew it by (glibc does not give it back)."""
+    with open(path, "rb") as file:
+        if file.seek(0, 2) == 0:
+            yield b""  # an empty file cannot be mapped
+            return
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 def artifact_files(directory: Path) -> list[Path]:
@@ -94,7 +112,8 @@ def verify_artifact(directory: str | Path, checksums: dict[str, dict[str, Any]] 
     if checksums is None:
         if not weights.is_file():
             raise ArtifactError(f"missing artifact file: {weights}")
-        check_weights(weights, weights.read_bytes())
+        with mapped(weights) as data:
+            check_weights(weights, data)
         return False
     present = {p.name: p for p in artifact_files(directory)}
     for name in sorted(present.keys() - checksums.keys()):
@@ -104,22 +123,23 @@ def verify_artifact(directory: str | Path, checksums: dict[str, dict[str, Any]] 
         path = directory / name
         if name not in present or not path.is_file():
             raise ArtifactError(f"missing artifact file: {path} ({CHECKSUMS_FILE} lists it)")
-        data = path.read_bytes()
-        if len(data) != recorded["size"]:
-            raise ArtifactError(f"{path}: {len(data):,} bytes where {CHECKSUMS_FILE} recorded "
-                                f"{recorded['size']:,}: the file is truncated or was appended to")
-        digest = sha256_of(data)
-        if digest != recorded["sha256"]:
-            raise ArtifactError(f"{path}: sha256 {digest[:12]}... where {CHECKSUMS_FILE} recorded "
-                                f"{recorded['sha256'][:12]}...: the file changed after it was written")
-        if name == WEIGHTS_FILE:
-            check_weights(path, data)
+        with mapped(path) as data:
+            if len(data) != recorded["size"]:
+                raise ArtifactError(f"{path}: {len(data):,} bytes where {CHECKSUMS_FILE} recorded "
+                                    f"{recorded['size']:,}: the file is truncated or was appended to")
+            digest = sha256_of(data)
+            if digest != recorded["sha256"]:
+                raise ArtifactError(f"{path}: sha256 {digest[:12]}... where {CHECKSUMS_FILE} recorded "
+                                    f"{recorded['sha256'][:12]}...: the file changed after it was "
+                                    "written")
+            if name == WEIGHTS_FILE:
+                check_weights(path, data)
     if WEIGHTS_FILE not in checksums:
         raise ArtifactError(f"missing artifact file: {weights}")
     return True
 
 
-def check_weights(path: Path, data: bytes) -> None:
+def check_weights(path: Path, data: bytes | mmap.mmap) -> None:
     """`data` (the bytes of `path`) is a complete safetensors file whose floats are all finite.
 
     The layout (github.com/huggingface/safetensors): an 8-byte little-endian header length, a
@@ -155,16 +175,22 @@ def check_weights(path: Path, data: bytes) -> None:
             raise ArtifactError(f"{path}: tensor {name!r} holds NaN or infinite values")
 
 
-def has_non_finite(data: bytes, start: int, stop: int, width: int, exponent_mask: int) -> bool:
+def has_non_finite(data: bytes | mmap.mmap, start: int, stop: int, width: int,
+                   exponent_mask: int) -> bool:
     """True when any little-endian float of `width` bytes in data[start:stop] has an all-ones
     exponent.
 
     Byte-wise, so it runs at C speed without numpy or torch: the top byte and the next one of
     each element are mapped to 1 where they carry all of their share of the exponent bits.
     """
-    top = data[start + width - 1:stop:width].translate(ONES_WHERE[exponent_mask >> 8])
-    next_ = data[start + width - 2:stop:width].translate(ONES_WHERE[exponent_mask & 0xFF])
-    return (int.from_bytes(top, "little") & int.from_bytes(next_, "little")) != 0
+    step = CHUNK_BYTES - CHUNK_BYTES % width
+    for chunk in range(start, stop, step):
+        end = min(chunk + step, stop)
+        top = data[chunk + width - 1:end:width].translate(ONES_WHERE[exponent_mask >> 8])
+        next_ = data[chunk + width - 2:end:width].translate(ONES_WHERE[exponent_mask & 0xFF])
+        if int.from_bytes(top, "little") & int.from_bytes(next_, "little"):
+            return True
+    return False
 
 
 def verify_model(tag: str, directory: str | Path,

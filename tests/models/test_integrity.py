@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models import integrity
 from models.integrity import EXPONENT_MASKS, ITEM_SIZES, has_non_finite
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -22,7 +23,9 @@ def test_every_16_bit_pattern_is_judged_as_torch_judges_it(dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_one_non_finite_value_among_extremes_is_found_where_it_lies(dtype, bad):
+@pytest.mark.parametrize("chunk_bytes", [integrity.CHUNK_BYTES, 30])  # 30: many chunks, uneven
+def test_one_non_finite_value_among_extremes_is_found_where_it_lies(dtype, bad, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", chunk_bytes)
     info = torch.finfo(DTYPES[dtype])
     values = torch.tensor([info.max, info.min, info.tiny, -info.tiny, 0.0, -0.0, 1.0] * 50,
                           dtype=DTYPES[dtype])
