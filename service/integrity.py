@@ -6,7 +6,7 @@ again every 10 s for good, while /readyz never answers. Two guards end that:
 1. The served models' files are verified once in the supervisor, from an @bentoml.on_deployment
    hook, which `bentoml serve` runs before it spawns any worker (verify_served_models). A
    BentoMLException there ends `bentoml serve` with exit status 1 and one line:
-   `Error: [cli] `serve` failed: model <tag> is damaged: <file>: <what is wrong>`.
+   `Error: [serve] `serve` failed: model <tag> is damaged: <file>: <what is wrong>`.
    Standard library checks only (models.integrity): this process must not import torch.
 2. What only a full load can find (config and weights that disagree, a file damaged after
    start-up and read by a restarted worker, a bad setting) fails Runtime's start in a worker:
