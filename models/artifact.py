@@ -5,31 +5,38 @@
     <tokenizer files>    vocab.json, or sentencepiece models
     metrics.json         written by training: test metrics, data sha256, commit, time, hardware
     README.md            the model card, training_curve.png beside it
+    checksums.json       the sha256 and size of every file above (models.integrity)
 
-Loading needs nothing but this folder: no training code, no data.
+Loading needs nothing but this folder: no training code, no data. It verifies the checksums and
+the weights first, so a damaged or altered artifact is refused rather than served.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.integrity import CHECKSUMS_FILE as CHECKSUMS_FILE
+from models.integrity import WEIGHTS_FILE as WEIGHTS_FILE
+from models.integrity import ArtifactError as ArtifactError
+from models.integrity import record_checksums as record_checksums
+from models.integrity import verify_artifact
+
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
 CURVE_FILE = "training_curve.png"
-
-
-class ArtifactError(ValueError):
-    """An artifact folder is incomplete or its parts disagree."""
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -45,18 +52,38 @@ def read_json(path: str | Path) -> Any:
 
 def save_module(directory: str | Path, task: str, config: Any, module: nn.Module,
                 dtype: torch.dtype = torch.float32) -> None:
-    """Write config.json and weights.safetensors for `module`, built from dataclass `config`."""
+    """Write config.json and weights.safetensors for `module`, built from dataclass `config`.
+
+    Refuses weights with NaN or infinity (fp16 storage overflows past 65504): they would load and
+    answer NaN. The caller writes its tokenizer files, then `record_checksums(directory)`.
+    """
     directory = Path(directory)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+               for k, v in module.state_dict().items()}
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ArtifactError(f"{directory}: refusing to write weights: tensor {name!r} holds "
+                                f"{bad} NaN or infinite values (as {dtype})")
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, "task": task,
                                          "model": dataclasses.asdict(config)})
-    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
-               for k, v in module.state_dict().items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"task": task})
 
 
+def verify(directory: str | Path) -> None:
+    """Refuse a damaged artifact (models.integrity.verify_artifact); warn when it has no checksums."""
+    if not verify_artifact(directory):
+        log.warning("%s: no %s (written before checksums were recorded): its files cannot be "
+                    "verified, only its weights were checked", directory, CHECKSUMS_FILE)
+
+
 def read_config(directory: str | Path, task: str) -> dict[str, Any]:
-    """The architecture config of an artifact of `task`, checked for format and task."""
+    """The architecture config of an artifact of `task`, checked for format and task.
+
+    Loading starts here, so the whole artifact is verified here first.
+    """
+    verify(directory)
     config = read_json(Path(directory) / CONFIG_FILE)
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{directory}: format_version {config.get('format_version')!r}, "
@@ -71,7 +98,10 @@ def load_weights(directory: str | Path, module: nn.Module) -> nn.Module:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ArtifactError(f"missing artifact file: {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except SafetensorError as err:  # verify() reads the layout first: this is a last resort
+        raise ArtifactError(f"{path}: not a readable safetensors file: {err}") from err
     reference = module.state_dict()
     try:
         module.load_state_dict({k: v.to(reference[k].dtype) if k in reference else v

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.artifact import check_vocab_size, load_weights, read_config, save_module
+from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.rnn import State, from_state, make_rnn, recurrence, run_rnn, to_state
 from models.vocab import SPECIALS, UNK_ID, Vocab
 
@@ -124,6 +124,7 @@ class CharGenerator:
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         save_module(directory, TASK, self.module.config, self.module, dtype)
         self.vocab.save(Path(directory) / VOCAB_FILE)
+        record_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> CharGenerator:

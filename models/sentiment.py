@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from models.artifact import check_vocab_size, load_weights, read_config, save_module
+from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.names import LABELS
 from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
@@ -216,6 +216,7 @@ class SentimentClassifier:
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         save_module(directory, TASK, self.module.config, self.module, dtype)
         self.vocab.save(Path(directory) / VOCAB_FILE)
+        record_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> SentimentClassifier:

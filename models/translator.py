@@ -17,7 +17,14 @@ import sentencepiece as spm
 import torch
 from torch import Tensor, nn
 
-from models.artifact import ArtifactError, check_vocab_size, load_weights, read_config, save_module
+from models.artifact import (
+    ArtifactError,
+    check_vocab_size,
+    load_weights,
+    read_config,
+    record_checksums,
+    save_module,
+)
 from models.rnn import State, from_state, make_rnn, run_padded, run_rnn, to_state
 from models.text import normalize_translation
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -296,6 +303,7 @@ class Translator:
         save_module(directory, TASK, self.config, self.module, dtype)
         (directory / SOURCE_SPM).write_bytes(self.source_spm.serialized_model_proto())
         (directory / TARGET_SPM).write_bytes(self.target_spm.serialized_model_proto())
+        record_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> Translator:

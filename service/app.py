@@ -29,6 +29,7 @@ from starlette.routing import Route
 from service import errors, transport
 from service.auth import BearerAuth
 from service.config import Settings
+from service.integrity import verify_served_models
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class RNNServe:
     generator_ref = bentoml.models.BentoModel(SETTINGS.generator_model)
     translator_de_ref = bentoml.models.BentoModel(SETTINGS.translator_de_model)
     translator_ko_ref = bentoml.models.BentoModel(SETTINGS.translator_ko_model)
+
+    @bentoml.on_deployment
+    def verify_models() -> None:
+        verify_served_models(RNNServe.models)  # in the supervisor, before any worker starts
 
     def __init__(self) -> None:
         from service.runtime import ModelRefs, Runtime  # torch: in the workers only

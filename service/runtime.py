@@ -30,6 +30,7 @@ from service import metrics
 from service.batching import Batcher
 from service.config import Settings
 from service.generation import GenerationLoop
+from service.integrity import stop_server_on_failure
 from service.schemas import SentimentResult, TranslationResult
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def model_card(ref: bentoml.Model, task: str, module: torch.nn.Module) -> dict[s
 class Runtime:
     """The models of one worker, loaded at their precisions and warmed, and their batchers."""
 
+    @stop_server_on_failure
     def __init__(self, settings: Settings, refs: ModelRefs) -> None:
         self.settings = settings
         torch.set_num_threads(settings.torch_threads)

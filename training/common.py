@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, write_json
+from models.artifact import CARD_FILE, CURVE_FILE, METRICS_FILE, parameter_count, record_checksums, write_json
 from models.quantize import cpu_has_bfloat16
 
 log = logging.getLogger(__name__)
@@ -376,6 +376,8 @@ def finish_artifact(name: str, task: str, cell: str, summary: str, save: Callabl
     (tmp / CARD_FILE).write_text(model_card(name, summary, config, metrics), encoding="utf-8")
     if progress.history:
         plot_curve(progress.history, tmp / CURVE_FILE, name)
+    record_checksums(tmp, [p.name for p in (tmp / METRICS_FILE, tmp / CARD_FILE, tmp / CURVE_FILE)
+                           if p.is_file()])
     if not store:
         return tmp, metrics
 

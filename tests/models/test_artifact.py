@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -10,18 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from models import integrity
 from models.artifact import (
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     ArtifactError,
     check_vocab_size,
     read_config,
+    record_checksums,
     write_json,
 )
 from models.generator import VOCAB_FILE as GENERATOR_VOCAB
 from models.generator import CharGenerator
+from models.integrity import EXPONENT_MASKS, ITEM_SIZES, has_non_finite
 from models.sentiment import VOCAB_FILE as SENTIMENT_VOCAB
 from models.sentiment import SentimentClassifier
 from models.translator import SOURCE_SPM, Translator
@@ -127,6 +133,7 @@ def test_tokenizer_that_disagrees_with_the_embedding_is_rejected(case, tmp_path)
     pipeline = case.make()
     pipeline.save(tmp_path)
     corrupt_tokenizer(case, pipeline, tmp_path)
+    record_checksums(tmp_path)  # a writer that wrote them inconsistent, not damage after writing
     with pytest.raises(ArtifactError, match="embedding has"):
         case.cls.load(tmp_path)
 
@@ -152,12 +159,15 @@ def test_weights_that_do_not_fit_the_config_are_rejected(case, tmp_path):
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     config["model"]["hidden_size"] += 1
     write_json(tmp_path / CONFIG_FILE, config)
+    record_checksums(tmp_path)
     with pytest.raises(ArtifactError, match="do not fit"):
         case.cls.load(tmp_path)
 
 
 def test_other_format_version_is_rejected(tmp_path):
+    make_tiny_sentiment().save(tmp_path)
     write_json(tmp_path / CONFIG_FILE, {"format_version": 999, "task": "sentiment", "model": {}})
+    record_checksums(tmp_path)
     with pytest.raises(ArtifactError, match="format_version"):
         read_config(tmp_path, "sentiment")
 
@@ -166,3 +176,193 @@ def test_check_vocab_size():
     check_vocab_size("vocab.json", 10, 10)
     with pytest.raises(ArtifactError, match="vocab.json: tokenizer has 9 entries, embedding has 10 rows"):
         check_vocab_size("vocab.json", 9, 10)
+
+
+# -- integrity: checksums recorded at write, verified at load; non-finite weights refused ----------
+
+def test_save_records_the_sha256_and_size_of_every_file(case, tmp_path):
+    case.make().save(tmp_path)
+    recorded = json.loads((tmp_path / CHECKSUMS_FILE).read_text())["files"]
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != CHECKSUMS_FILE}
+    assert recorded == {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                        for name, data in files.items()}
+
+
+def flip_byte(path: Path, position: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * position)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_any_file_is_refused_naming_the_file(case, tmp_path):
+    case.make().save(tmp_path)
+    pristine = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name in sorted(pristine.keys() - {CHECKSUMS_FILE}):
+        flip_byte(tmp_path / name)
+        with pytest.raises(ArtifactError, match=rf"/{name}: sha256 .* the file changed after it was written"):
+            case.cls.load(tmp_path)
+        (tmp_path / name).write_bytes(pristine[name])
+    case.cls.load(tmp_path)  # every file restored: loads again
+
+
+def test_truncated_weights_are_refused_naming_the_file(case, tmp_path):
+    case.make().save(tmp_path)
+    weights = tmp_path / WEIGHTS_FILE
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    with pytest.raises(ArtifactError, match=rf"/{WEIGHTS_FILE}: {size // 2:,} bytes where "
+                                            rf"{CHECKSUMS_FILE} recorded {size:,}: the file is truncated"):
+        case.cls.load(tmp_path)
+
+
+def test_a_file_missing_from_the_checksums_is_refused(case, tmp_path):
+    case.make().save(tmp_path)
+    manifest = json.loads((tmp_path / CHECKSUMS_FILE).read_text())
+    del manifest["files"][WEIGHTS_FILE]
+    write_json(tmp_path / CHECKSUMS_FILE, manifest)
+    with pytest.raises(ArtifactError, match=rf"/{WEIGHTS_FILE}: not in {CHECKSUMS_FILE}"):
+        case.cls.load(tmp_path)
+
+
+def test_an_extra_file_is_refused_but_the_stores_own_files_are_not(case, tmp_path):
+    pipeline = case.make()
+    pipeline.save(tmp_path)
+    # what BentoML's store and training.store put beside an artifact
+    (tmp_path / "model.yaml").write_text("name: x\n")
+    write_json(tmp_path / "bentoml.json", {"name": "x"})
+    assert_identical(case.outputs(pipeline), case.outputs(case.cls.load(tmp_path)))
+    (tmp_path / "extra.bin").write_bytes(b"\0")
+    with pytest.raises(ArtifactError, match=rf"/extra.bin: not in {CHECKSUMS_FILE}: the artifact was"):
+        case.cls.load(tmp_path)
+
+
+def test_a_file_listed_but_gone_is_refused(tmp_path):
+    make_tiny_sentiment().save(tmp_path)
+    (tmp_path / SENTIMENT_VOCAB).unlink()
+    with pytest.raises(ArtifactError,
+                       match=rf"missing artifact file: .*/{SENTIMENT_VOCAB} \({CHECKSUMS_FILE} lists it\)"):
+        SentimentClassifier.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["not json", '{"files": {"config.json": {"sha256": 1}}}', "[]"])
+def test_an_unreadable_checksums_file_is_refused(tmp_path, text):
+    make_tiny_sentiment().save(tmp_path)
+    (tmp_path / CHECKSUMS_FILE).write_text(text)
+    with pytest.raises(ArtifactError, match=rf"/{CHECKSUMS_FILE}: not a readable checksums file"):
+        SentimentClassifier.load(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_at_write(case, tmp_path, bad):
+    pipeline = case.make()
+    name, parameter = next(iter(pipeline.module.named_parameters()))
+    with torch.no_grad():
+        parameter.view(-1)[3] = bad
+    with pytest.raises(ArtifactError, match=rf"refusing to write weights: tensor '{name}' holds 1 NaN"):
+        pipeline.save(tmp_path)
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+
+
+def test_weights_that_overflow_fp16_are_refused_at_write(tmp_path):
+    pipeline = make_tiny_sentiment()
+    with torch.no_grad():
+        pipeline.module.embedding.weight[0, 0] = 1e5  # fp16 tops out at 65504
+    pipeline.save(tmp_path / "fp32")
+    with pytest.raises(ArtifactError,
+                       match=r"'embedding.weight' holds 1 NaN or infinite values \(as torch.float16\)"):
+        pipeline.save(tmp_path / "fp16", dtype=torch.float16)
+
+
+def write_weights_with_a_nan(folder: Path, dtype: torch.dtype) -> str:
+    """Rewrite the weights with one NaN, as a writer without our checks would."""
+    state = load_file(folder / WEIGHTS_FILE)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state[name].view(-1)[-1] = float("nan")
+    save_file(state, str(folder / WEIGHTS_FILE))
+    return name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_checksums", [True, False])
+def test_non_finite_weights_are_refused_at_load(case, tmp_path, dtype, with_checksums):
+    case.make().save(tmp_path)
+    name = write_weights_with_a_nan(tmp_path, dtype)
+    if with_checksums:
+        record_checksums(tmp_path)
+    else:
+        (tmp_path / CHECKSUMS_FILE).unlink()
+    with pytest.raises(ArtifactError, match=rf"/{WEIGHTS_FILE}: tensor '{name}' holds NaN or infinite"):
+        case.cls.load(tmp_path)
+
+
+def test_without_checksums_an_artifact_loads_with_a_warning(case, tmp_path, caplog):
+    pipeline = case.make()
+    pipeline.save(tmp_path)
+    (tmp_path / CHECKSUMS_FILE).unlink()
+    with caplog.at_level(logging.WARNING, logger="models.artifact"):
+        loaded = case.cls.load(tmp_path)
+    assert f"no {CHECKSUMS_FILE}" in caplog.text and "cannot be verified" in caplog.text
+    assert_identical(case.outputs(pipeline), case.outputs(loaded))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda data: data[: len(data) - 100], "the header describes .* the file is truncated"),
+    (lambda data: data + b"\0" * 8, "the header describes .* the file is truncated or was appended to"),
+    (lambda data: data[:5], "not a safetensors file: 5 bytes"),
+    (lambda data: b"\xff" * 8 + data[8:], "not a safetensors file: its header claims"),
+    (lambda data: data[:8] + b"#" + data[9:], "not a safetensors file: unreadable header"),
+])
+def test_damaged_weights_without_checksums_get_a_clear_error(tmp_path, damage, message):
+    # an artifact stored before checksums were recorded: the layout of the weights is still read
+    make_tiny_sentiment().save(tmp_path)
+    (tmp_path / CHECKSUMS_FILE).unlink()
+    weights = tmp_path / WEIGHTS_FILE
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(ArtifactError, match=rf"/{WEIGHTS_FILE}: {message}"):
+        SentimentClassifier.load(tmp_path)
+
+
+def test_recording_named_files_keeps_the_other_entries(tmp_path):
+    make_tiny_sentiment().save(tmp_path)
+    before = json.loads((tmp_path / CHECKSUMS_FILE).read_text())["files"]
+    write_json(tmp_path / "metrics.json", {"accuracy": 1.0})
+    record_checksums(tmp_path, ["metrics.json"])
+    after = json.loads((tmp_path / CHECKSUMS_FILE).read_text())["files"]
+    assert after.keys() == before.keys() | {"metrics.json"}
+    assert all(after[name] == entry for name, entry in before.items())
+    SentimentClassifier.load(tmp_path)
+
+
+# -- models.integrity's byte-level check of float weights, against torch's own isfinite -----------
+
+DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_every_16_bit_pattern_is_judged_as_torch_judges_it(dtype):
+    patterns = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    finite = torch.isfinite(patterns.view(DTYPES[dtype]).float()).tolist()
+    data = patterns.numpy().tobytes()
+    judged = [has_non_finite(data, 2 * i, 2 * i + 2, 2, EXPONENT_MASKS[dtype]) for i in range(2**16)]
+    assert judged == [not f for f in finite]
+    assert sum(judged) == 2 * 2 ** (7 if dtype == "BF16" else 10)  # +-inf and the NaNs
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("chunk_bytes", [integrity.CHUNK_BYTES, 30])  # 30: many chunks, uneven
+def test_one_non_finite_value_among_extremes_is_found_where_it_lies(dtype, bad, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", chunk_bytes)
+    info = torch.finfo(DTYPES[dtype])
+    values = torch.tensor([info.max, info.min, info.tiny, -info.tiny, 0.0, -0.0, 1.0] * 50,
+                          dtype=DTYPES[dtype])
+    width = ITEM_SIZES[dtype]
+    prefix = b"abc"  # the tensor starts at an odd offset, as in a safetensors file
+    data = prefix + values.view(torch.uint8).numpy().tobytes()
+    assert not has_non_finite(data, len(prefix), len(data), width, EXPONENT_MASKS[dtype])
+    values[123] = bad
+    data = prefix + values.view(torch.uint8).numpy().tobytes()
+    assert has_non_finite(data, len(prefix), len(data), width, EXPONENT_MASKS[dtype])
+    start = len(prefix) + 124 * width  # the same bytes after it: none there
+    assert not has_non_finite(data, start, len(data), width, EXPONENT_MASKS[dtype])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from models.artifact import write_json
+from models.artifact import record_checksums, write_json
 from models.generator import CharGenerator, CharLM, CharLMConfig
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
 from models.text import sentiment_tokens
@@ -63,6 +63,7 @@ def write_shipped(directory: Path, name: str, pipeline, task: str, cell: str) ->
     folder = directory / name
     pipeline.save(folder)
     write_json(folder / "metrics.json", {"note": "tiny random test model"})
+    record_checksums(folder, ["metrics.json"])
     write_json(folder / STORE_INFO_FILE, {"name": name, "version": "vtest", "labels": {"task": task},
                                           "metadata": {"task": task, "cell": cell}})
     return folder
