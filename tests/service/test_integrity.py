@@ -17,11 +17,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serving_helpers import REPO_ROOT
 
-from loadtest.bench import free_port, import_models, serving
+from loadtest.server import free_port, import_models, serving
 from models.artifact import CONFIG_FILE, WEIGHTS_FILE, ArtifactError, record_checksums
 from service.integrity import SUPERVISOR_PID_ENV, stop_server_on_failure
+
+from support.server import REPO_ROOT
 
 EXIT_TIMEOUT_S = 120  # a bound on each wait, far above the seconds a refusal takes
 CANNOT_START = "this worker cannot start, stopping the server: "
@@ -47,6 +48,7 @@ def serve_until_it_exits(home: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.server
 @pytest.mark.parametrize(("damage", "what"), [
     (flip_a_byte, "sha256 .* the file changed after it was written"),
     (lambda data: data[: len(data) // 2], "bytes where checksums.json recorded .*: the file is truncated"),
@@ -68,6 +70,7 @@ def test_a_damaged_model_stops_serve_before_any_worker_starts(tiny_shipped_dir, 
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_a_model_only_a_worker_can_find_wrong_stops_the_server_once(tiny_shipped_dir, tmp_path):
     # config.json and the weights disagree, each file intact: only loading with torch shows it
     home = import_models(tiny_shipped_dir, tmp_path / "bentoml_home")
@@ -85,6 +88,7 @@ def test_a_model_only_a_worker_can_find_wrong_stops_the_server_once(tiny_shipped
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_a_worker_restarted_onto_a_file_damaged_since_start_up_stops_the_server(tiny_shipped_dir, tmp_path):
     home = import_models(tiny_shipped_dir, tmp_path / "bentoml_home")
     weights = home / "models" / "sentiment-rnn" / "vtest" / WEIGHTS_FILE
