@@ -35,7 +35,8 @@ def flip_a_byte(data: bytes) -> bytes:
 
 def server_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
-    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONPATH=str(REPO_ROOT))
+    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONPATH=str(REPO_ROOT),
+               RNNSERVE_WORKERS="1")  # the default is one per CPU
     return env
 
 
@@ -93,7 +94,7 @@ def test_a_worker_restarted_onto_a_file_damaged_since_start_up_stops_the_server(
     home = import_models(tiny_shipped_dir, tmp_path / "bentoml_home")
     weights = home / "models" / "sentiment-rnn" / "vtest" / WEIGHTS_FILE
     log_path = tmp_path / "server.log"
-    with serving(REPO_ROOT, home, log_path, {}) as server:
+    with serving(REPO_ROOT, home, log_path, {"RNNSERVE_WORKERS": "1"}) as server:
         weights.write_bytes(weights.read_bytes()[:-100])
         worker, = psutil.Process(server.process.pid).children()
         worker.send_signal(signal.SIGKILL)  # BentoML's supervisor starts another worker
