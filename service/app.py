@@ -17,16 +17,19 @@ models (service.runtime, imported in RNNServe.__init__).
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import errors, transport
+from service import errors, metrics, openapi, sse, transport
 from service.auth import BearerAuth
 from service.config import Settings
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
@@ -34,6 +37,7 @@ from service.schemas import GenerateResult, SentimentResult, TranslationResult, 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
+log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 transport.install(SETTINGS)
 REQUESTS = request_models(SETTINGS)
@@ -99,21 +103,39 @@ class RNNServe:
         return GenerateResult(text="".join(chars), tokens=len(chars))
 
     @bentoml.api(input_spec=REQUESTS.generate)
-    async def generate_stream(self, prompt: str, max_tokens: int = 200, temperature: float = 0.8,
-                              top_k: int = 0, seed: int | None = None) -> AsyncGenerator[str, None]:
-        """/generate's continuation as text/event-stream, sent as it is generated."""
-        sent = False
+    async def generate_stream(self, ctx: bentoml.Context, prompt: str, max_tokens: int = 200,
+                              temperature: float = 0.8, top_k: int = 0,
+                              seed: int | None = None) -> AsyncGenerator[str, None]:
+        """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
+        `data:` events, then `event: end`, or `event: error` with a JSON reason (service.sse)."""
+        sent = 0
         try:
             async for piece in self.runtime.generation.stream(prompt, max_tokens, temperature,
                                                               top_k, seed, "generate_stream"):
-                sent = True
-                yield "".join(piece)
-        except Exception:
-            # before the first chunk BentoML still answers with an error status (counted by the
-            # middleware); after it the stream can only stop, so count the failure here
+                sent += len(piece)
+                yield sse.message("".join(piece))
+        except Exception as error:
+            status = error.error_code.value if isinstance(error, BentoMLException) else 500
             if sent:
-                errors.count("generate_stream", "internal")
-            raise
+                # the 200 has gone out: the failure is the stream's last event, counted here
+                if status >= 500:
+                    log.error("generate_stream failed after %d characters", sent, exc_info=True)
+                errors.count("generate_stream", metrics.error_kind(status) or "internal")
+                yield sse.error(str(error) if status < 500 else sse.INTERNAL_REASON, status)
+                return
+            if status >= 500:
+                raise  # BentoML answers 500, before any event (counted by errors.ErrorCounting)
+            # The answer has not started (BentoML waits for the first event): the client's error
+            # or the overload keeps its status and body as /generate answers them, without the
+            # traceback BentoML would log per request.
+            if isinstance(error, errors.Overloaded):
+                errors.shed_log.warning("shed a request to /generate_stream: %s", error)
+                ctx.response.headers["retry-after"] = str(errors.RETRY_AFTER_S)
+            ctx.response.status_code = status
+            ctx.response.headers["content-type"] = "application/json"
+            yield json.dumps([{"error": str(error)}], ensure_ascii=False)
+            return
+        yield sse.end(sent)
 
     @bentoml.api(input_spec=REQUESTS.translate)
     async def translate(self, texts: list[str], source: str = "de", beam_size: int = 1,
@@ -132,4 +154,6 @@ def admit(endpoint: str) -> None:
 RNNServe.add_asgi_middleware(errors.ErrorCounting, endpoints={**ENDPOINTS, "/models": "models"})
 if SETTINGS.auth_token:
     RNNServe.add_asgi_middleware(BearerAuth, token=SETTINGS.auth_token, public=SETTINGS.public_paths)
+# /docs.json in the dialect of the OpenAPI version it declares, with the error bodies really sent
+RNNServe.add_asgi_middleware(openapi.ServedDocument, document=lambda: openapi.document(RNNServe))
 transport.wrap(RNNServe, SETTINGS, direct=DIRECT, admit=admit)

@@ -83,7 +83,7 @@ def request_models(settings: Settings) -> RequestModels:
                         "each costs one step of the model, and a request that cannot finish "
                         "before the timeout is refused with 429")
         temperature: float = Field(
-            0.8, ge=0.0, le=MAX_TEMPERATURE,
+            0.8, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False,
             description=f"0..{MAX_TEMPERATURE:g}: divides the logits before sampling; lower is "
                         "safer, 0 (or a value so small the division overflows) always takes the "
                         f"likeliest character; above {MAX_TEMPERATURE:g} the text is all but "
