@@ -22,8 +22,8 @@ it would have been.
 
 A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
 Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
-until its last character from the queue ahead of it, and the loop's measured seconds per step
-turns that into seconds.
+until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
+seconds per step at the batch size it will run with, turns them into seconds.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 # Without newcomers the loop runs steps back to back in its thread and hands out characters this
 # often: one thread hop and one HTTP chunk per character would cost more than a tiny model's step.
 PUBLISH_EVERY_S = 0.01
-# How fast the measured seconds per step follows the latest steps: each step weighs this much.
-STEP_RATE_WEIGHT = 0.01
+# How fast a measured seconds-per-step follows the latest steps: each step weighs this much.
+STEP_TIME_WEIGHT = 0.01
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 
 
@@ -109,6 +109,44 @@ class _Steps:
     seconds: list[float]  # model time of each step
 
 
+class StepTimes:
+    """Seconds per step of the batch as the loop has measured them, by batch size.
+
+    A step's time grows with its rows, so each power-of-two size class has its own moving
+    average. A size not measured yet is predicted from the nearest larger one measured (an
+    overestimate), else scaled up linearly in rows from the largest smaller one (an
+    overestimate too: part of a step's time does not grow with its rows). Erring long sheds a
+    request that might have finished rather than letting it time out.
+    """
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, float] = {}  # size class -> seconds per step
+
+    @staticmethod
+    def size_class(rows: int) -> int:
+        """The power of two at or above `rows` (1, 2, 4, ...)."""
+        return 1 << max(0, rows - 1).bit_length()
+
+    def add(self, rows: int, seconds_per_step: float, steps: int) -> None:
+        size = self.size_class(rows)
+        old = self._seconds.get(size)
+        self._seconds[size] = seconds_per_step if old is None else (
+            old + (1 - (1 - STEP_TIME_WEIGHT) ** steps) * (seconds_per_step - old))
+
+    def predict(self, rows: int) -> float | None:
+        """Seconds per step at `rows` rows; None before any step was measured."""
+        size = self.size_class(rows)
+        if size in self._seconds:
+            return self._seconds[size]
+        larger = [measured for measured in self._seconds if measured > size]
+        if larger:
+            return self._seconds[min(larger)]
+        if not self._seconds:
+            return None
+        largest = max(self._seconds)
+        return self._seconds[largest] * size / largest
+
+
 class GenerationLoop(ModelLoop):
     def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int,
                  deadline_s: float | None = None):
@@ -116,7 +154,7 @@ class GenerationLoop(ModelLoop):
         self.pipeline = pipeline
         self._max_active = max_active
         self.deadline_s = deadline_s  # None: never refuse a request for its length
-        self.step_s: float | None = None  # measured seconds per step of the batch (None: none yet)
+        self.step_times = StepTimes()
         self._pending: deque[Generation] = deque()
         # The running batch. Only _step touches it, in the executor thread; the event loop
         # awaits each step before starting the next, so the two never overlap.
@@ -171,59 +209,60 @@ class GenerationLoop(ModelLoop):
 
     def check_deadline(self, max_tokens: int) -> None:
         """Raise Overloaded when `max_tokens` more characters, after the queue ahead, would end
-        past the deadline at the measured step rate."""
-        if self.deadline_s is None or self.step_s is None:
+        past the deadline at the measured step time (at the batch size it would run with)."""
+        if self.deadline_s is None:
             return
-        steps = finish_steps([g.max_tokens - g.produced for g in list(self._active)],
-                             [g.max_tokens for g in self._pending if not g.abandoned],
+        active = list(self._active)
+        queued = [g.max_tokens for g in self._pending if not g.abandoned]
+        step_s = self.step_times.predict(min(self._max_active, len(active) + len(queued) + 1))
+        if step_s is None:
+            return  # nothing measured yet: nothing to go by
+        steps = finish_steps([g.max_tokens - g.produced for g in active], queued,
                              self._max_active, max_tokens)
-        seconds = steps * self.step_s
-        if seconds > self.deadline_s:
+        if steps * step_s > self.deadline_s:
             raise Overloaded(
-                f"{self.model}: {max_tokens} characters after the {len(self._active)} running and "
-                f"{len(self._pending)} queued sequences would take ~{seconds:.0f} s at "
-                f"{self.step_s * 1000:.2f} ms per step, past the {self.deadline_s:g} s timeout "
+                f"{self.model}: {max_tokens} characters after the {len(active)} running and "
+                f"{len(queued)} queued sequences would take ~{steps * step_s:.0f} s at "
+                f"{step_s * 1000:.2f} ms per step, past the {self.deadline_s:g} s timeout "
                 "(RNNSERVE_TIMEOUT_S); retry later or ask for fewer max_tokens")
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         # what _run_steps hands out from the executor thread, the event loop publishes
         publish_soon = functools.partial(loop.call_soon_threadsafe, self._publish)
+        # the last call's start, mean rows and steps: timed when the next begins, so that the
+        # time between calls (publishing, HTTP on the same event loop) counts too
+        last: tuple[float, int, int] | None = None
         while True:
             if not self._pending and not self._active:
+                last = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            now = time.perf_counter()
+            if last is not None and last[2]:
+                started, rows, steps = last
+                self.step_times.add(rows, (now - started) / steps, steps)
             joining: list[Generation] = []
             while self._pending and len(self._active) + len(joining) < self._max_active:
                 generation = self._pending.popleft()
                 if not generation.abandoned:
                     joining.append(generation)
-            now = time.perf_counter()
             for generation in joining:
                 self._metrics.queue_wait_seconds.observe(now - generation.enqueued)
-            started = time.perf_counter()
             try:
-                steps = await loop.run_in_executor(self._executor, self._run_steps, joining,
-                                                   publish_soon)
+                stepped = await loop.run_in_executor(self._executor, self._run_steps, joining,
+                                                     publish_soon)
             except Exception as error:  # a bug outside any one row: every running sequence fails
                 log.exception("%s: generation step failed", self.model)
                 for generation in {*self._active, *joining}:
                     generation.pieces.put_nowait(error)
                 self._reset()
+                last = None
                 continue
-            self._measure(time.perf_counter() - started, len(steps.rows))
-            self._publish(steps)
-
-    def _measure(self, seconds: float, steps: int) -> None:
-        """Fold one call's wall time (its newcomers' prompts included) into step_s."""
-        if not steps:
-            return
-        per_step = seconds / steps
-        if self.step_s is None:
-            self.step_s = per_step
-            return
-        self.step_s += (1 - (1 - STEP_RATE_WEIGHT) ** steps) * (per_step - self.step_s)
+            rows = round(sum(stepped.rows) / len(stepped.rows)) if stepped.rows else 0
+            last = (now, rows, len(stepped.rows))
+            self._publish(stepped)
 
     def _publish(self, steps: _Steps) -> None:
         """In the event loop: hand out the new characters and record the steps' metrics."""

@@ -140,3 +140,26 @@ def test_the_served_openapi_document_is_valid_and_declares_the_bodies_sent(clien
     ok = client.post("/generate", json={"prompt": "a", "max_tokens": 3})
     OAS30Validator({**spec["paths"]["/generate"]["post"]["responses"]["200"]["content"][
         "application/json"]["schema"], "components": spec["components"]}).validate(ok.json())
+
+
+# -- shedding what cannot finish before the deadline -------------------------------------------------
+
+
+def test_a_generation_that_cannot_finish_before_the_timeout_is_refused_at_once(tiny_shipped_dir, tmp_path):
+    # a million characters take seconds at any step rate; the timeout is one second
+    settings = {"RNNSERVE_TIMEOUT_S": "1", "RNNSERVE_MAX_TOKENS": "1000000"}
+    with running_server(tiny_shipped_dir, tmp_path, **settings) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        warm = client.post("/generate", json={"prompt": "a", "max_tokens": 200, "seed": 1})
+        assert warm.status_code == 200  # the loop has measured its steps
+        for path in ("/generate", "/generate_stream"):
+            response = client.post(path, json={"prompt": "a", "max_tokens": 1_000_000})
+            assert response.status_code == 429, response.text
+            assert response.headers["retry-after"] == "1"
+            [error] = response.json()
+            assert "RNNSERVE_TIMEOUT_S" in error["error"]
+        short = client.post("/generate", json={"prompt": "a", "max_tokens": 50, "seed": 2})
+        assert short.json()["tokens"] == 50
+        metrics = client.get("/metrics").text
+    for endpoint in ("generate", "generate_stream"):
+        assert f'rnnserve_errors_total{{endpoint="{endpoint}",kind="overloaded"}} 1.0' in metrics

@@ -11,7 +11,7 @@ from conftest import make_tiny_generator
 
 from models.generator import CharGenerator
 from service.batching import Overloaded
-from service.generation import Generation, GenerationLoop, finish_steps
+from service.generation import Generation, GenerationLoop, StepTimes, finish_steps
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -265,8 +265,9 @@ def test_finish_steps_counts_the_queue_ahead_slot_by_slot():
 def test_a_request_that_would_end_past_the_deadline_is_refused_at_once(generator):
     loop = GenerationLoop("test", generator, max_active=2, max_queue=10, deadline_s=10.0)
     loop.check_deadline(10**6)  # no step measured yet: nothing to go by, nothing refused
-    loop.step_s = 0.01  # 100 steps a second: 1,001 steps (10.01 s) is the most that fits
-    loop.check_deadline(1001)
+    loop.step_times.add(1, 0.01, steps=1)  # 100 steps a second at every batch size
+    loop.step_times.add(2, 0.01, steps=1)
+    loop.check_deadline(1001)  # 1,000 steps (10 s) is the most that fits
     with pytest.raises(Overloaded, match="RNNSERVE_TIMEOUT_S"):
         loop.check_deadline(1002)
     running = [Generation("a", 600, 0.8, 0, torch.Generator(), "generate", 0.0) for _ in range(2)]
@@ -282,14 +283,25 @@ def test_a_request_that_would_end_past_the_deadline_is_refused_at_once(generator
         loop.check_deadline(402)
 
 
-def test_the_step_rate_is_measured_as_the_loop_runs(generator):
+def test_a_batch_size_not_measured_yet_is_predicted_long():
+    times = StepTimes()
+    assert times.predict(1) is None
+    times.add(3, 0.004, steps=1)  # size class 4
+    assert times.predict(4) == times.predict(3) == 0.004
+    assert times.predict(1) == 0.004  # from the nearest larger class measured
+    assert times.predict(16) == pytest.approx(0.016)  # scaled up in rows from the largest
+    times.add(4, 0.002, steps=100)  # a moving average: 100 steps move it most of the way
+    assert 0.002 < times.predict(4) < 0.003
+
+
+def test_the_step_time_is_measured_as_the_loop_runs(generator):
     async def scenario():
         loop = GenerationLoop("test", generator, max_active=4, max_queue=10, deadline_s=60.0)
         loop.start()
-        before = loop.step_s
+        before = loop.step_times.predict(1)
         await collect(loop, "a", 200, 1)
         await loop.close()
-        return before, loop.step_s
+        return before, loop.step_times.predict(1)
 
     before, after = asyncio.run(scenario())
     assert before is None
