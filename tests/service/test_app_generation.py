@@ -116,6 +116,16 @@ def test_extreme_and_refused_requests_among_running_generations_change_no_other_
     assert client.get("/readyz").status_code == 200
 
 
+def test_translation_options_at_their_bounds_are_served(client):
+    # the other numeric fields of the contract, at both ends of their ranges
+    for body in ({"texts": ["ein mann fährt " * 30] * 4, "beam_size": 8, "max_length": 256},
+                 {"texts": ["x", ""], "beam_size": 8, "max_length": 1, "return_attention": True},
+                 {"texts": ["\u0000\uffff ünï ✓"], "beam_size": 1, "max_length": 1, "source": "ko"}):
+        response = client.post("/translate", json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()) == len(body["texts"])
+
+
 # -- the OpenAPI document as served -----------------------------------------------------------------
 
 
