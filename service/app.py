@@ -17,19 +17,16 @@ models (service.runtime, imported in RNNServe.__init__).
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import errors, metrics, openapi, sse, transport
+from service import errors, openapi, sse, transport
 from service.auth import BearerAuth
 from service.config import Settings
 from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
@@ -37,7 +34,6 @@ from service.schemas import GenerateResult, SentimentResult, TranslationResult, 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
-log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 transport.install(SETTINGS)
 REQUESTS = request_models(SETTINGS)
@@ -108,34 +104,10 @@ class RNNServe:
                               seed: int | None = None) -> AsyncGenerator[str, None]:
         """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
         `data:` events, then `event: end`, or `event: error` with a JSON reason (service.sse)."""
-        sent = 0
-        try:
-            async for piece in self.runtime.generation.stream(prompt, max_tokens, temperature,
-                                                              top_k, seed, "generate_stream"):
-                sent += len(piece)
-                yield sse.message("".join(piece))
-        except Exception as error:
-            status = error.error_code.value if isinstance(error, BentoMLException) else 500
-            if sent:
-                # the 200 has gone out: the failure is the stream's last event, counted here
-                if status >= 500:
-                    log.error("generate_stream failed after %d characters", sent, exc_info=True)
-                errors.count("generate_stream", metrics.error_kind(status) or "internal")
-                yield sse.error(str(error) if status < 500 else sse.INTERNAL_REASON, status)
-                return
-            if status >= 500:
-                raise  # BentoML answers 500, before any event (counted by errors.ErrorCounting)
-            # The answer has not started (BentoML waits for the first event): the client's error
-            # or the overload keeps its status and body as /generate answers them, without the
-            # traceback BentoML would log per request.
-            if isinstance(error, errors.Overloaded):
-                errors.shed_log.warning("shed a request to /generate_stream: %s", error)
-                ctx.response.headers["retry-after"] = str(errors.RETRY_AFTER_S)
-            ctx.response.status_code = status
-            ctx.response.headers["content-type"] = "application/json"
-            yield json.dumps([{"error": str(error)}], ensure_ascii=False)
-            return
-        yield sse.end(sent)
+        pieces = self.runtime.generation.stream(prompt, max_tokens, temperature, top_k, seed,
+                                                "generate_stream")
+        async for event in sse.event_stream(pieces, ctx.response, "generate_stream"):
+            yield event
 
     @bentoml.api(input_spec=REQUESTS.translate)
     async def translate(self, texts: list[str], source: str = "de", beam_size: int = 1,

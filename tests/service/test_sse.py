@@ -1,7 +1,7 @@
-"""service.sse and RNNServe.generate_stream without HTTP: what a standard SSE client reads.
+"""service.sse without HTTP: what a standard SSE client reads of /generate_stream's events.
 
-The events are parsed by httpx-sse, as a client would parse them; the service method runs on a
-stand-in runtime whose generation can fail on cue.
+The events are parsed by httpx-sse, as a client would parse them; the generation is a stand-in
+that can fail on cue. (tests/service/test_app_generation.py reads a real server's stream.)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from bentoml.exceptions import InvalidArgument
 from httpx_sse import EventSource, ServerSentEvent
 
 from service import metrics, sse
@@ -44,35 +45,26 @@ def test_end_and_error_are_named_events_with_json_data():
     assert (parsed[2].event, parsed[2].json()) == ("error", {"error": "boom ✓", "status": 500})
 
 
-# -- RNNServe.generate_stream on a stand-in runtime --------------------------------------------------
+# -- event_stream on a stand-in generation --------------------------------------------------
 
 
-class Generation:
-    """Yields `pieces`, then raises `error` if given."""
-
-    def __init__(self, pieces: list[str], error: Exception | None = None):
-        self.pieces = pieces
-        self.error = error
-
-    async def stream(self, *args: object) -> AsyncIterator[list[str]]:
-        for piece in self.pieces:
-            yield list(piece)
-        if self.error is not None:
-            raise self.error
+async def generation(pieces: list[str], error: Exception | None = None) -> AsyncIterator[list[str]]:
+    """Yields `pieces` as the generation loop does (lists of characters), then raises `error`."""
+    for piece in pieces:
+        yield list(piece)
+    if error is not None:
+        raise error
 
 
-def run_stream(generation: Generation) -> tuple[str, SimpleNamespace]:
-    """The body generate_stream yields, and the response context it left."""
-    from service.app import RNNServe
-
-    service = SimpleNamespace(runtime=SimpleNamespace(generation=generation))
-    ctx = SimpleNamespace(response=SimpleNamespace(status_code=200, headers={}))
-    method = RNNServe.apis["generate_stream"].func
+def run_stream(pieces: list[str], error: Exception | None = None) -> tuple[str, SimpleNamespace]:
+    """The body event_stream yields, and the response it left."""
+    response = SimpleNamespace(status_code=200, headers={})
 
     async def collect() -> str:
-        return "".join([chunk async for chunk in method(service, ctx, prompt="a", max_tokens=9)])
+        return "".join([event async for event in sse.event_stream(
+            generation(pieces, error), response, "generate_stream")])
 
-    return asyncio.run(collect()), ctx
+    return asyncio.run(collect()), response
 
 
 def stream_errors(kind: str) -> float:
@@ -80,16 +72,16 @@ def stream_errors(kind: str) -> float:
 
 
 def test_a_complete_stream_is_its_pieces_then_end():
-    body, ctx = run_stream(Generation(["ab\n", "c\nd", "e"]))
+    body, response = run_stream(["ab\n", "c\nd", "e"])
     parsed = events(body)
     assert [e.data for e in parsed if e.event == "message"] == ["ab\n", "c\nd", "e"]
     assert (parsed[-1].event, parsed[-1].json()) == ("end", {"tokens": 7})
-    assert ctx.response.status_code == 200
+    assert response.status_code == 200
 
 
 def test_a_failure_after_the_first_event_ends_with_an_error_event_never_end():
     before = stream_errors("internal")
-    body, _ = run_stream(Generation(["ab", "cd"], RuntimeError("secret internals")))
+    body, _ = run_stream(["ab", "cd"], RuntimeError("secret internals"))
     parsed = events(body)
     assert [e.event for e in parsed] == ["message", "message", "error"]
     assert parsed[-1].json() == {"error": sse.INTERNAL_REASON, "status": 500}  # details stay in the log
@@ -98,14 +90,20 @@ def test_a_failure_after_the_first_event_ends_with_an_error_event_never_end():
 
 def test_an_overload_before_the_first_event_keeps_its_status_and_retry_after():
     before = stream_errors("overloaded")
-    body, ctx = run_stream(Generation([], Overloaded("char-generator: too long for the deadline")))
-    assert ctx.response.status_code == 429
-    assert ctx.response.headers["retry-after"] == "1"
-    assert ctx.response.headers["content-type"] == "application/json"
+    body, response = run_stream([], Overloaded("char-generator: too long for the deadline"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["content-type"] == "application/json"
     assert json.loads(body) == [{"error": "char-generator: too long for the deadline"}]
     assert stream_errors("overloaded") == before  # counted once, from its status (ErrorCounting)
 
 
 def test_a_server_fault_before_the_first_event_is_left_to_bentoml_as_a_500():
     with pytest.raises(RuntimeError, match="no model"):
-        run_stream(Generation([], RuntimeError("no model")))
+        run_stream([], RuntimeError("no model"))
+
+
+def test_a_client_error_before_the_first_event_is_a_400_with_the_reason():
+    body, response = run_stream([], InvalidArgument("temperature must be a finite number >= 0"))
+    assert response.status_code == 400 and "retry-after" not in response.headers
+    assert json.loads(body) == [{"error": "temperature must be a finite number >= 0"}]
