@@ -6,7 +6,8 @@
 Bodies come from the validation splits only (loadtest/payloads.py). Every response is checked,
 not only its status: a 200 with the wrong number of results is a failure. /generate_stream is
 timed to its first chunk (BentoML sends the headers with it: the request's time is the time to
-first token), and the whole stream is recorded again as "/generate_stream (complete)".
+first token), and the whole stream is recorded again as "/generate_stream (complete)", a failure
+unless its Server-Sent Events end with `event: end` after max_tokens characters.
 """
 
 from __future__ import annotations
@@ -62,18 +63,40 @@ class RNNServeUser(FastHttpUser):
         if response.status_code != 200:
             return  # already recorded as a failure
         exception = None
-        received = 0  # bytes; the prompts are ASCII, so one per character
+        received = 0  # characters of text in the stream's message events
         try:
-            for chunk in response.iter_content(chunk_size=4096, decode_content=True):
-                received += len(chunk)
-            if received < body["max_tokens"]:
-                exception = RuntimeError(f"stream ended after {received} of {body['max_tokens']} characters")
+            chunks = list(response.iter_content(chunk_size=4096, decode_content=True))  # str here
+            parsed = server_sent_events("".join(c if isinstance(c, str) else c.decode() for c in chunks))
+            received = sum(len(data) for kind, data in parsed if kind == "message")
+            kind, data = parsed[-1] if parsed else ("nothing", "")
+            if kind != "end":
+                exception = RuntimeError(f"stream ended with {kind} {data[:200]} after {received} "
+                                         "characters")
+            elif received != body["max_tokens"]:
+                exception = RuntimeError(f"{received} characters, asked {body['max_tokens']}")
         except Exception as error:  # the stream broke off
             exception = error
         events.request.fire(request_type="POST", name="/generate_stream (complete)",
                             response_time=(time.perf_counter() - started) * 1000,
                             response_length=received, response=None, context={},
                             exception=exception)
+
+
+def server_sent_events(text: str) -> list[tuple[str, str]]:
+    """(event type, data) of each event of a whole Server-Sent Events stream."""
+    parsed = []
+    for block in text.split("\n\n"):
+        if not block:
+            continue
+        kind, data = "message", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            if field == "event":
+                kind = value.removeprefix(" ")
+            elif field == "data":
+                data.append(value.removeprefix(" "))
+        parsed.append((kind, "\n".join(data)))
+    return parsed
 
 
 class SentimentUser(RNNServeUser):

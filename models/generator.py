@@ -7,6 +7,7 @@ by slicing and concatenating states (Karpathy 2015, "The Unreasonable Effectiven
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,22 +66,57 @@ class CharLM(nn.Module):
         return logits[:, 0], state
 
 
+def check_sampling(temperature: float, top_k: int) -> None:
+    """Raise ValueError unless every row of a batch can sample with these options.
+
+    temperature: any finite number from 0 (the likeliest token: see sample_next); top_k: 0 (off)
+    or more, any size (clamp_top_k). Other values would fail or mislead inside a shared batch.
+    """
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 (off) or more, got {top_k}")
+
+
+def clamp_top_k(top_k: int, vocab_size: int) -> int:
+    """`top_k` as sample_next takes it: k at least the vocabulary means all of it, as 0 does,
+    so any k fits a tensor whatever the model's vocabulary."""
+    return 0 if top_k >= vocab_size else top_k
+
+
 def sample_next(logits: Tensor, temperature: Tensor, top_k: Tensor,
                 generators: list[torch.Generator | None]) -> Tensor:
     """Sample one token per row with its own temperature, top-k (0 = off) and RNG.
 
     logits (B, V), temperature (B,), top_k (B,) -> tokens (B,). Each row draws only from its
     own generator, so a seeded request gives the same text whatever it is batched with.
+
+    A temperature of 0, or one so small that logits / temperature overflows float32, takes the
+    likeliest token (the limit of sampling as the temperature falls to 0) instead of turning the
+    row's probabilities into NaN; it draws nothing from the row's generator. A row whose logits
+    are not finite (a damaged model) or whose temperature is negative or NaN raises ValueError
+    before any row draws, so the caller can sample the rows one by one and fail only that one.
     """
     logits = logits.float().clone()
     logits[:, : len(SPECIALS)] = float("-inf")  # never emit padding, unknown or boundaries
-    logits = logits / temperature[:, None]
+    broken = ~torch.isfinite(logits[:, len(SPECIALS):]).all(dim=-1) | ~(temperature >= 0)  # (B,)
+    if bool(broken.any()):
+        raise ValueError(f"rows {broken.nonzero()[:, 0].tolist()} cannot be sampled: logits not "
+                         "finite or temperature not >= 0")
+    allowed = logits
+    logits = allowed / temperature[:, None]
+    greedy = ~torch.isfinite(logits.amax(dim=-1))  # (B,) overflowed to +/-inf, or 0/0 = NaN
     vocab = logits.shape[-1]
     k = torch.where((top_k > 0) & (top_k < vocab), top_k, torch.full_like(top_k, vocab))
     if bool((k < vocab).any()):
         kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if bool(greedy.any()):
+        likeliest = allowed.argmax(dim=-1)  # (B,) within any top-k
+        return torch.cat([likeliest[row, None] if greedy[row] else
+                          torch.multinomial(probs[row], 1, generator=gen)
+                          for row, gen in enumerate(generators)])
     return torch.cat([torch.multinomial(probs[row], 1, generator=gen)
                       for row, gen in enumerate(generators)])
 
@@ -110,6 +146,8 @@ class CharGenerator:
     def generate(self, prompt: str, max_tokens: int, temperature: float = 0.8, top_k: int = 0,
                  seed: int | None = None) -> str:
         """Sample a continuation one character at a time (the unbatched reference)."""
+        check_sampling(temperature, top_k)
+        top_k = clamp_top_k(top_k, self.module.config.vocab_size)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         logits, state = self.prime(prompt)
         logits = logits[None]

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import errors, transport
+from service import errors, openapi, sse, transport
 from service.auth import BearerAuth
 from service.config import Settings
 from service.integrity import verify_served_models
@@ -104,21 +104,15 @@ class RNNServe:
         return GenerateResult(text="".join(chars), tokens=len(chars))
 
     @bentoml.api(input_spec=REQUESTS.generate)
-    async def generate_stream(self, prompt: str, max_tokens: int = 200, temperature: float = 0.8,
-                              top_k: int = 0, seed: int | None = None) -> AsyncGenerator[str, None]:
-        """/generate's continuation as text/event-stream, sent as it is generated."""
-        sent = False
-        try:
-            async for piece in self.runtime.generation.stream(prompt, max_tokens, temperature,
-                                                              top_k, seed, "generate_stream"):
-                sent = True
-                yield "".join(piece)
-        except Exception:
-            # before the first chunk BentoML still answers with an error status (counted by the
-            # middleware); after it the stream can only stop, so count the failure here
-            if sent:
-                errors.count("generate_stream", "internal")
-            raise
+    async def generate_stream(self, ctx: bentoml.Context, prompt: str, max_tokens: int = 200,
+                              temperature: float = 0.8, top_k: int = 0,
+                              seed: int | None = None) -> AsyncGenerator[str, None]:
+        """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
+        `data:` events, then `event: end`, or `event: error` with a JSON reason (service.sse)."""
+        pieces = self.runtime.generation.stream(prompt, max_tokens, temperature, top_k, seed,
+                                                "generate_stream")
+        async for event in sse.event_stream(pieces, ctx.response, "generate_stream"):
+            yield event
 
     @bentoml.api(input_spec=REQUESTS.translate)
     async def translate(self, texts: list[str], source: str = "de", beam_size: int = 1,
@@ -137,4 +131,6 @@ def admit(endpoint: str) -> None:
 RNNServe.add_asgi_middleware(errors.ErrorCounting, endpoints={**ENDPOINTS, "/models": "models"})
 if SETTINGS.auth_token:
     RNNServe.add_asgi_middleware(BearerAuth, token=SETTINGS.auth_token, public=SETTINGS.public_paths)
+# /docs.json in the dialect of the OpenAPI version it declares, with the error bodies really sent
+RNNServe.add_asgi_middleware(openapi.ServedDocument, document=lambda: openapi.document(RNNServe))
 transport.wrap(RNNServe, SETTINGS, direct=DIRECT, admit=admit)

@@ -132,7 +132,8 @@ class Settings:
                              "Connection: close, so their clients reconnect and the kernel places "
                              "them afresh (service/balance.py); off: connections stay where the "
                              "kernel's hash put them", choices=("on", "off"))
-    timeout_s: float = setting(60.0, "a request still running after this long gets 504", 1)
+    timeout_s: float = setting(60.0, "a request still running after this long gets 504; a generation "
+                               "request that cannot finish within it gets 429 at once", 1)
     # connection limits, per worker (service/transport/limits.py)
     max_connections: int = setting(1024, "open connections per worker; one more gets 503 and is "
                                    "closed at once (also capped by the file-descriptor limit)", 1)

@@ -13,32 +13,71 @@ cost a concatenation or an index_select, unlike a transformer's growing KV cache
 Every character goes to its request's asyncio.Queue as soon as the step that sampled it ends,
 so a stream is incremental. A row draws only from its own generator, so the same seed gives
 the same text alone or beside any other requests.
+
+One sequence cannot fail the others: options the model cannot honour are refused before a
+request joins (400), and when priming, sampling or a step of the batch raises anyway, the rows
+are run one by one and only the row that raises fails. A row alone computes what it computes in
+the batch, and sampling raises before any row draws, so every other sequence's text is the one
+it would have been.
+
+A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
+Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
+until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
+seconds per step at the batch size it will run with, turns them into seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+from bentoml.exceptions import InvalidArgument
 from torch import Tensor
 
-from models.generator import CharGenerator, sample_next
+from models.generator import CharGenerator, check_sampling, clamp_top_k, sample_next
 from models.rnn import State, cat_states, select_state
 from service import metrics
 from service.batching import ModelLoop
+from service.errors import Overloaded
 
 log = logging.getLogger(__name__)
 
 # Without newcomers the loop runs steps back to back in its thread and hands out characters this
 # often: one thread hop and one HTTP chunk per character would cost more than a tiny model's step.
 PUBLISH_EVERY_S = 0.01
+# How fast a measured seconds-per-step follows the latest steps: each step weighs this much.
+STEP_TIME_WEIGHT = 0.01
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
+def finish_steps(remaining: Iterable[int], queued: Iterable[int], max_active: int,
+                 max_tokens: int) -> int:
+    """Steps of the batch until a newcomer asking for `max_tokens` characters has its last one.
+
+    `remaining`: the characters each running row still owes; `queued`: max_tokens of each
+    request waiting ahead, in order. A row leaves the batch when it has its characters, and the
+    next waiting request takes its place (at most `max_active` rows): the newcomer joins when
+    every request ahead of it has a row and one more row frees, then needs max_tokens - 1 steps
+    (its first character comes from its prompt). Rows leaving early (clients gone) only make it
+    sooner.
+    """
+    frees = sorted(remaining)[:max_active]  # (step at which each row's slot frees)
+    heapq.heapify(frees)
+    for tokens in queued:
+        if len(frees) < max_active:
+            heapq.heappush(frees, tokens)
+        else:
+            heapq.heapreplace(frees, frees[0] + tokens)
+    join = 0 if len(frees) < max_active else frees[0]
+    return join + max_tokens - 1
 
 
 @dataclass(eq=False)
@@ -65,16 +104,57 @@ class _Steps:
 
     emitted: dict[Generation, list[str]]  # new characters per sequence
     finished: list[Generation]
-    failed: list[tuple[Generation, Exception]]  # sequences whose prompt could not be primed
+    failed: list[tuple[Generation, Exception]]  # sequences that raised (joining or stepping)
     rows: list[int]  # batch size of each step
     seconds: list[float]  # model time of each step
 
 
+class StepTimes:
+    """Seconds per step of the batch as the loop has measured them, by batch size.
+
+    A step's time grows with its rows, so each power-of-two size class has its own moving
+    average. A size not measured yet is predicted from the nearest larger one measured (an
+    overestimate), else scaled up linearly in rows from the largest smaller one (an
+    overestimate too: part of a step's time does not grow with its rows). Erring long sheds a
+    request that might have finished rather than letting it time out.
+    """
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, float] = {}  # size class -> seconds per step
+
+    @staticmethod
+    def size_class(rows: int) -> int:
+        """The power of two at or above `rows` (1, 2, 4, ...)."""
+        return 1 << max(0, rows - 1).bit_length()
+
+    def add(self, rows: int, seconds_per_step: float, steps: int) -> None:
+        size = self.size_class(rows)
+        old = self._seconds.get(size)
+        self._seconds[size] = seconds_per_step if old is None else (
+            old + (1 - (1 - STEP_TIME_WEIGHT) ** steps) * (seconds_per_step - old))
+
+    def predict(self, rows: int) -> float | None:
+        """Seconds per step at `rows` rows; None before any step was measured."""
+        size = self.size_class(rows)
+        if size in self._seconds:
+            return self._seconds[size]
+        larger = [measured for measured in self._seconds if measured > size]
+        if larger:
+            return self._seconds[min(larger)]
+        if not self._seconds:
+            return None
+        largest = max(self._seconds)
+        return self._seconds[largest] * size / largest
+
+
 class GenerationLoop(ModelLoop):
-    def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int):
+    def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int,
+                 deadline_s: float | None = None):
         super().__init__(model, "generation", max_queue)
         self.pipeline = pipeline
         self._max_active = max_active
+        self.deadline_s = deadline_s  # None: never refuse a request for its length
+        self.step_times = StepTimes()
         self._pending: deque[Generation] = deque()
         # The running batch. Only _step touches it, in the executor thread; the event loop
         # awaits each step before starting the next, so the two never overlap.
@@ -96,9 +176,18 @@ class GenerationLoop(ModelLoop):
         """The characters of one continuation, in lists of those ready together."""
         if not self.running:
             raise RuntimeError(f"the {self.model} generation loop is not running")
+        try:  # the schema keeps these out; a caller that skips it must not reach the batch
+            check_sampling(temperature, top_k)
+            if max_tokens < 1 or not (seed is None or 0 <= seed <= MAX_SEED):
+                raise ValueError(f"max_tokens must be at least 1 (got {max_tokens}) and seed "
+                                 f"0 .. {MAX_SEED} (got {seed})")
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
         self.check_room(1)
+        self.check_deadline(max_tokens)
         seed = secrets.randbits(63) if seed is None else seed
-        generation = Generation(prompt, max_tokens, temperature, top_k,
+        generation = Generation(prompt, max_tokens, temperature,
+                                clamp_top_k(top_k, self.pipeline.module.config.vocab_size),
                                 torch.Generator().manual_seed(seed), endpoint, time.perf_counter())
         self._pending.append(generation)
         self._wakeup.set()
@@ -118,38 +207,65 @@ class GenerationLoop(ModelLoop):
         finally:
             generation.abandoned = True
 
+    def check_deadline(self, max_tokens: int) -> None:
+        """Raise Overloaded when `max_tokens` more characters, after the queue ahead, would end
+        past the deadline at the measured step time (at the batch size it would run with)."""
+        if self.deadline_s is None:
+            return
+        active = list(self._active)
+        queued = [g.max_tokens for g in self._pending if not g.abandoned]
+        step_s = self.step_times.predict(min(self._max_active, len(active) + len(queued) + 1))
+        if step_s is None:
+            return  # nothing measured yet: nothing to go by
+        steps = finish_steps([g.max_tokens - g.produced for g in active], queued,
+                             self._max_active, max_tokens)
+        if steps * step_s > self.deadline_s:
+            raise Overloaded(
+                f"{self.model}: {max_tokens} characters after the {len(active)} running and "
+                f"{len(queued)} queued sequences would take ~{steps * step_s:.0f} s at "
+                f"{step_s * 1000:.2f} ms per step, past the {self.deadline_s:g} s timeout "
+                "(RNNSERVE_TIMEOUT_S); retry later or ask for fewer max_tokens")
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         # what _run_steps hands out from the executor thread, the event loop publishes
         publish_soon = functools.partial(loop.call_soon_threadsafe, self._publish)
+        # the last call's start, mean rows and steps: timed when the next begins, so that the
+        # time between calls (publishing, HTTP on the same event loop) counts too
+        last: tuple[float, int, int] | None = None
         while True:
             if not self._pending and not self._active:
+                last = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            now = time.perf_counter()
+            if last is not None and last[2]:
+                started, rows, steps = last
+                self.step_times.add(rows, (now - started) / steps, steps)
             joining: list[Generation] = []
             while self._pending and len(self._active) + len(joining) < self._max_active:
                 generation = self._pending.popleft()
                 if not generation.abandoned:
                     joining.append(generation)
-            now = time.perf_counter()
             for generation in joining:
                 self._metrics.queue_wait_seconds.observe(now - generation.enqueued)
             try:
-                steps = await loop.run_in_executor(self._executor, self._run_steps, joining,
-                                                   publish_soon)
-            except Exception as error:  # a model step failed: every running sequence fails
+                stepped = await loop.run_in_executor(self._executor, self._run_steps, joining,
+                                                     publish_soon)
+            except Exception as error:  # a bug outside any one row: every running sequence fails
                 log.exception("%s: generation step failed", self.model)
                 for generation in {*self._active, *joining}:
                     generation.pieces.put_nowait(error)
                 self._reset()
+                last = None
                 continue
-            self._publish(steps)
+            rows = round(sum(stepped.rows) / len(stepped.rows)) if stepped.rows else 0
+            last = (now, rows, len(stepped.rows))
+            self._publish(stepped)
 
     def _publish(self, steps: _Steps) -> None:
         """In the event loop: hand out the new characters and record the steps' metrics."""
-        for generation, error in steps.failed:
-            generation.pieces.put_nowait(error)
         metrics.active_sequences.set(len(self._active))
         for rows, seconds in zip(steps.rows, steps.seconds, strict=True):
             self._metrics.batch_size.observe(rows)
@@ -165,6 +281,8 @@ class GenerationLoop(ModelLoop):
             generation.pieces.put_nowait(chars)
         for generation in steps.finished:
             generation.pieces.put_nowait(None)
+        for generation, error in steps.failed:  # after its characters: the end of its stream
+            generation.pieces.put_nowait(error)
         for endpoint, count in per_endpoint.items():
             metrics.generated_tokens.labels(endpoint).inc(count)
 
@@ -183,11 +301,10 @@ class GenerationLoop(ModelLoop):
                     len(self.pipeline.encode(generation.prompt)))
                 try:
                     logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)
+                    self._join(generation, logits, state, joined)
                 except Exception as error:
-                    log.exception("%s: prompt could not be primed", self.model)
+                    log.exception("%s: a sequence could not join", self.model)
                     joined.failed.append((generation, error))
-                    continue
-                self._join(generation, logits, state, joined)
             if joining:
                 publish(joined)
             steps = _Steps({}, [], [], [], [])
@@ -207,9 +324,49 @@ class GenerationLoop(ModelLoop):
 
     def _step(self, steps: _Steps) -> None:
         """Advance every row by its last character, sample the next ones, drop finished rows."""
-        logits, self._state = self.pipeline.module.step(self._tokens, self._state)  # (B, V)
-        self._tokens = sample_next(logits, self._temperature, self._top_k,
-                                   [g.generator for g in self._active])  # (B,)
+        try:
+            logits, state = self.pipeline.module.step(self._tokens, self._state)  # (B, V)
+            tokens = sample_next(logits, self._temperature, self._top_k,
+                                 [g.generator for g in self._active])  # (B,)
+        except Exception:
+            log.exception("%s: a step of %d rows failed; stepping them one by one", self.model,
+                          len(self._active))
+            self._step_rows_alone(steps)
+            return
+        self._state, self._tokens = state, tokens
+        self._keep([row for row, (generation, token)
+                    in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
+                    if self._emit(generation, token, steps)])
+
+    def _step_rows_alone(self, steps: _Steps) -> None:
+        """_step for each row on its own: a row that raises fails alone; the others get what the
+        batch step would have given them."""
+        states: list[State] = []
+        tokens: list[Tensor] = []
+        kept: list[int] = []
+        for row, generation in enumerate(self._active):
+            index = torch.tensor([row])
+            try:
+                logits, state = self.pipeline.module.step(
+                    self._tokens.index_select(0, index), select_state(self._state, index))  # (1, V)
+                token = sample_next(logits, self._temperature.index_select(0, index),
+                                    self._top_k.index_select(0, index), [generation.generator])
+            except Exception as error:
+                log.exception("%s: a sequence failed", self.model)
+                steps.failed.append((generation, error))
+                continue
+            states.append(state)
+            tokens.append(token)
+            kept.append(row)
+        if not kept:
+            self._reset()
+            return
+        index = torch.tensor(kept)
+        self._temperature = self._temperature.index_select(0, index)
+        self._top_k = self._top_k.index_select(0, index)
+        self._active = [self._active[row] for row in kept]
+        self._state = cat_states(states)
+        self._tokens = torch.cat(tokens)  # (B',)
         self._keep([row for row, (generation, token)
                     in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
                     if self._emit(generation, token, steps)])

@@ -117,7 +117,8 @@ class Runtime:
             for source, ref in translator_refs.items()}
         self.generation = GenerationLoop(refs.generator.tag.name, self.generator,
                                          max_active=settings.max_active_sequences,
-                                         max_queue=settings.max_queue)
+                                         max_queue=settings.max_queue,
+                                         deadline_s=settings.timeout_s)
         self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation]
         self.started = False
         # The models are loaded for good: keep them out of every future garbage collection,

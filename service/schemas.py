@@ -16,8 +16,12 @@ from models.names import LABELS
 from service.config import Settings
 
 Source = Literal["de", "ko"]
+# Limits every model honours whatever its vocabulary: the schemas are built in BentoML's
+# supervisor, which loads no model. README "Serving" gives each range and why.
 MAX_BEAM_SIZE = 8
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # a signed 64-bit integer, which every JSON client can send
+MAX_TEMPERATURE = 2.0
+MAX_TOP_K = 2**31 - 1  # a signed 32-bit integer; k at least the vocabulary means all of it
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -73,21 +77,38 @@ def request_models(settings: Settings) -> RequestModels:
         model_config = STRICT
         prompt: str = Field(max_length=settings.max_prompt_chars,
                             description='text to continue; "" starts as if after a blank line')
-        max_tokens: int = Field(200, ge=1, le=settings.max_tokens)
-        temperature: float = Field(0.8, gt=0.0, le=2.0)
-        top_k: int = Field(0, ge=0, description="sample from the k likeliest characters; 0 = all")
-        seed: int | None = Field(None, ge=0, le=MAX_SEED,
-                                 description="the same seed gives the same text; null = random")
+        max_tokens: int = Field(
+            200, ge=1, le=settings.max_tokens,
+            description=f"characters to generate, 1..{settings.max_tokens} (RNNSERVE_MAX_TOKENS): "
+                        "each costs one step of the model, and a request that cannot finish "
+                        "before the timeout is refused with 429")
+        temperature: float = Field(
+            0.8, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+            description=f"0..{MAX_TEMPERATURE:g}: divides the logits before sampling; lower is "
+                        "safer, 0 (or a value so small the division overflows) always takes the "
+                        f"likeliest character; above {MAX_TEMPERATURE:g} the text is all but "
+                        "uniform noise")
+        top_k: int = Field(
+            0, ge=0, le=MAX_TOP_K,
+            description=f"0..{MAX_TOP_K}: sample from the k likeliest characters; 0, or k at "
+                        "least the model's vocabulary, samples from all of them")
+        seed: int | None = Field(
+            None, ge=0, le=MAX_SEED,
+            description=f"0..{MAX_SEED} (a signed 64-bit integer): the same seed gives the same "
+                        "text, alone or beside other requests; null = random")
 
     class TranslateRequest(BaseModel):
         model_config = STRICT
         texts: TranslationTexts  # type: ignore[valid-type]
         source: Source = "de"
-        beam_size: int = Field(1, ge=1, le=MAX_BEAM_SIZE)
+        beam_size: int = Field(
+            1, ge=1, le=MAX_BEAM_SIZE,
+            description=f"1..{MAX_BEAM_SIZE}: hypotheses kept per text (1 = greedy); each costs "
+                        "a row of the model batch, and past a few the translations gain nothing")
         max_length: int | None = Field(
             None, ge=1, le=settings.max_translation_length,
-            description="most target pieces; default 2 x source pieces + 10, capped at "
-                        f"{settings.max_translation_length}")
+            description=f"1..{settings.max_translation_length} (RNNSERVE_MAX_TRANSLATION_LENGTH): "
+                        "most target pieces; null: 2 x source pieces + 10, capped the same")
         return_attention: bool = False
 
     return RequestModels(SentimentRequest, GenerateRequest, TranslateRequest)

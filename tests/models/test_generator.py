@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.generator import EMPTY_PROMPT, CharGenerator, CharLM, CharLMConfig, sample_next
+from models.generator import (
+    EMPTY_PROMPT,
+    CharGenerator,
+    CharLM,
+    CharLMConfig,
+    check_sampling,
+    clamp_top_k,
+    sample_next,
+)
 from models.rnn import CELLS
 from models.vocab import SPECIALS, UNK_ID
 
@@ -143,3 +151,62 @@ def test_weight_drop_acts_in_training_only():
     torch.testing.assert_close(dropped(tokens)[0], plain(tokens)[0])  # served: the full weights
     plain.train(), dropped.train()
     assert not torch.allclose(dropped(tokens)[0], plain(tokens)[0])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-45, 1e-300])
+def test_a_temperature_at_or_near_zero_takes_the_likeliest_and_draws_nothing(temperature):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 20) * 30
+    generators = [torch.Generator().manual_seed(i) for i in range(6)]
+    before = [g.get_state() for g in generators]
+    tokens = sample_next(logits, torch.tensor([temperature] * 6), torch.zeros(6, dtype=torch.long),
+                         generators)
+    assert torch.equal(tokens, logits[:, len(SPECIALS):].argmax(dim=-1) + len(SPECIALS))
+    assert all(torch.equal(g.get_state(), b) for g, b in zip(generators, before, strict=True))
+
+
+def test_a_row_with_a_tiny_temperature_leaves_its_batchmates_draws_unchanged():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 20)
+    alone = [sample_next(logits[row:row + 1], torch.tensor([0.8]), torch.tensor([0]),
+                         [torch.Generator().manual_seed(row)]) for row in (0, 2)]
+    batched = sample_next(logits, torch.tensor([0.8, 1e-40, 0.8]), torch.zeros(3, dtype=torch.long),
+                          [torch.Generator().manual_seed(row) for row in range(3)])
+    assert batched[0] == alone[0] and batched[2] == alone[1]
+
+
+@pytest.mark.parametrize("bad", ["nan_logits", "inf_logits", "negative_temperature", "nan_temperature"])
+def test_a_row_that_cannot_be_sampled_raises_before_any_row_draws(bad):
+    logits = torch.zeros(3, 20)
+    temperature = torch.ones(3)
+    if bad == "nan_logits":
+        logits[1, 7] = float("nan")
+    elif bad == "inf_logits":
+        logits[1, 7] = float("inf")
+    elif bad == "negative_temperature":
+        temperature[1] = -1.0
+    else:
+        temperature[1] = float("nan")
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    before = [g.get_state() for g in generators]
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        sample_next(logits, temperature, torch.zeros(3, dtype=torch.long), generators)
+    assert all(torch.equal(g.get_state(), b) for g, b in zip(generators, before, strict=True))
+
+
+def test_any_top_k_at_least_the_vocabulary_means_all_of_it(generator):
+    vocab = generator.module.config.vocab_size
+    assert clamp_top_k(3, vocab) == 3
+    assert clamp_top_k(vocab, vocab) == clamp_top_k(10**30, vocab) == 0
+    text = generator.generate("To be", 30, 0.9, 0, seed=4)
+    assert generator.generate("To be", 30, 0.9, 10**30, seed=4) == text
+    assert generator.generate("To be", 30, 0.9, vocab, seed=4) == text
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(-0.1, 0), (float("nan"), 0), (float("inf"), 0),
+                                                    (0.8, -1)])
+def test_options_no_model_can_honour_are_refused(generator, temperature, top_k):
+    with pytest.raises(ValueError, match="temperature" if top_k == 0 else "top_k"):
+        check_sampling(temperature, top_k)
+    with pytest.raises(ValueError):
+        generator.generate("a", 3, temperature, top_k, seed=1)

@@ -6,9 +6,11 @@ import asyncio
 
 import pytest
 import torch
+from bentoml.exceptions import InvalidArgument
 
+from models.generator import CharGenerator
 from service.batching import Overloaded
-from service.generation import Generation, GenerationLoop
+from service.generation import Generation, GenerationLoop, StepTimes, finish_steps
 
 from support.tiny_models import make_tiny_generator
 
@@ -142,3 +144,166 @@ def test_a_full_queue_answers_overloaded(generator):
         return text
 
     assert asyncio.run(scenario()) == generator.generate("b", 5, seed=1)
+
+
+class PoisonedGenerator(CharGenerator):
+    """The same model, but the prompt POISON primes a NaN state: its row's logits are NaN from
+    its first step of the batch on (a fault the model cannot be asked for, only suffer)."""
+
+    def prime(self, prompt: str):
+        logits, state = super().prime(prompt)
+        if prompt == POISON:
+            state = tuple(torch.full_like(part, float("nan")) for part in state)
+        return logits, state
+
+
+POISON = "POISON"
+GOOD = [("To be", 150, 1, 0.8, 0), ("", 120, 2, 1.5, 5), ("Hello\n", 160, 3, 0.3, 0),
+        ("Q", 90, 4, 1e-30, 0), ("To be", 140, 5, 0.0, 2**62)]
+
+
+async def raw(loop: GenerationLoop, prompt: str, temperature: float, top_k: int) -> BaseException:
+    """A sequence put straight into the loop, past stream()'s checks; the error it ends with."""
+    generation = Generation(prompt, 100, temperature, top_k, torch.Generator().manual_seed(1),
+                            "generate", 0.0)
+    loop._pending.append(generation)
+    loop._wakeup.set()
+    while True:
+        piece = await generation.pieces.get()
+        if piece is None:
+            raise AssertionError("a poisoned sequence ended normally")
+        if isinstance(piece, BaseException):
+            return piece
+
+
+def test_poisoned_sequences_fail_alone_and_every_other_text_is_its_unloaded_one(generator):
+    poisoned = PoisonedGenerator(generator.module, generator.vocab)
+
+    async def scenario():
+        loop = GenerationLoop("test", poisoned, max_active=4, max_queue=20)
+        loop.start()
+        good = [asyncio.create_task(collect(loop, p, n, s, t, k)) for p, n, s, t, k in GOOD[:3]]
+        await asyncio.sleep(0.005)  # they run; the poisons join them mid-way
+        bad = [asyncio.create_task(raw(loop, POISON, 0.8, 0)),  # fails at its first batch step
+               asyncio.create_task(raw(loop, "a", 0.8, 2**64)),  # top_k overflows a tensor
+               asyncio.create_task(raw(loop, "a", float("nan"), 0))]  # cannot be sampled
+        good += [asyncio.create_task(collect(loop, p, n, s, t, k)) for p, n, s, t, k in GOOD[3:]]
+        answers = await asyncio.gather(*good)
+        failures = await asyncio.gather(*bad)
+        after = await collect(loop, "after", 50, 9)  # the loop goes on serving
+        await loop.close()
+        return answers, failures, after
+
+    answers, failures, after = asyncio.run(scenario())
+    for (prompt, max_tokens, seed, temperature, top_k), (text, _) in zip(GOOD, answers, strict=True):
+        assert text == generator.generate(prompt, max_tokens, temperature, top_k, seed=seed)
+    assert [type(error) for error in failures] == [ValueError] * 3
+    assert "cannot be sampled" in str(failures[0]) and "cannot be sampled" in str(failures[2])
+    assert "Overflow" in str(failures[1])
+    assert after[0] == generator.generate("after", 50, 0.8, 0, seed=9)
+
+
+def test_a_temperature_of_zero_is_greedy_and_needs_no_seed(generator):
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
+        loop.start()
+        texts = [await collect(loop, "To be", 40, seed, 0.0) for seed in (None, 7)]
+        top_1 = await collect(loop, "To be", 40, 3, 1.0, 1)
+        await loop.close()
+        return texts, top_1
+
+    (first, second), top_1 = asyncio.run(scenario())
+    assert first[0] == second[0] == top_1[0]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"temperature": float("nan")}, "temperature"), ({"temperature": -0.5}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"top_k": -1}, "top_k"),
+    ({"max_tokens": 0}, "max_tokens"), ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed")])
+def test_options_the_model_cannot_honour_are_a_client_error_before_queueing(generator, options, words):
+    request = {"prompt": "a", "max_tokens": 5, "temperature": 0.8, "top_k": 0, "seed": 1, **options}
+
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
+        loop.start()
+        with pytest.raises(InvalidArgument, match=words):
+            await anext(loop.stream(endpoint="generate", **request))
+        queued = loop.queued()
+        await loop.close()
+        return queued
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_seeds_at_the_bounds_give_their_unbatched_text(generator):
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
+        loop.start()
+        texts = await asyncio.gather(*(collect(loop, "a", 30, seed) for seed in (0, 2**63 - 1, 2**64 - 1)))
+        await loop.close()
+        return texts
+
+    for seed, (text, _) in zip((0, 2**63 - 1, 2**64 - 1), asyncio.run(scenario()), strict=True):
+        assert text == generator.generate("a", 30, seed=seed)
+
+
+# -- shedding what cannot finish before the deadline ------------------------------------------------
+
+
+def test_finish_steps_counts_the_queue_ahead_slot_by_slot():
+    # room in the batch: joins at once; its first character comes from the prompt
+    assert finish_steps([50, 80], [], max_active=4, max_tokens=100) == 99
+    assert finish_steps([50, 80], [30], max_active=4, max_tokens=100) == 99
+    # a full batch: waits for the first row to leave, however long the others run
+    assert finish_steps([5, 1000, 1000, 1000], [], max_active=4, max_tokens=100) == 104
+    # queued requests take the slots first, each as it frees: 5 -> 5+40, then the newcomer at 45
+    assert finish_steps([5, 1000, 1000, 1000], [40], max_active=4, max_tokens=100) == 144
+    assert finish_steps([5, 10, 1000, 1000], [40, 40], max_active=4, max_tokens=1) == 45
+    # idle
+    assert finish_steps([], [], max_active=1, max_tokens=1) == 0
+
+
+def test_a_request_that_would_end_past_the_deadline_is_refused_at_once(generator):
+    loop = GenerationLoop("test", generator, max_active=2, max_queue=10, deadline_s=10.0)
+    loop.check_deadline(10**6)  # no step measured yet: nothing to go by, nothing refused
+    loop.step_times.add(1, 0.01, steps=1)  # 100 steps a second at every batch size
+    loop.step_times.add(2, 0.01, steps=1)
+    loop.check_deadline(1001)  # 1,000 steps (10 s) is the most that fits
+    with pytest.raises(Overloaded, match="RNNSERVE_TIMEOUT_S"):
+        loop.check_deadline(1002)
+    running = [Generation("a", 600, 0.8, 0, torch.Generator(), "generate", 0.0) for _ in range(2)]
+    running[0].produced = 100  # 500 steps to go before its slot frees
+    loop._active = running
+    loop.check_deadline(501)  # 500 + 500
+    with pytest.raises(Overloaded):
+        loop.check_deadline(502)
+    loop._pending.append(Generation("b", 400, 0.8, 0, torch.Generator(), "generate", 0.0))
+    # the queued one takes the slot that frees at 500 (until 900): the newcomer joins at 600
+    loop.check_deadline(401)
+    with pytest.raises(Overloaded):
+        loop.check_deadline(402)
+
+
+def test_a_batch_size_not_measured_yet_is_predicted_long():
+    times = StepTimes()
+    assert times.predict(1) is None
+    times.add(3, 0.004, steps=1)  # size class 4
+    assert times.predict(4) == times.predict(3) == 0.004
+    assert times.predict(1) == 0.004  # from the nearest larger class measured
+    assert times.predict(16) == pytest.approx(0.016)  # scaled up in rows from the largest
+    times.add(4, 0.002, steps=100)  # a moving average: 100 steps move it most of the way
+    assert 0.002 < times.predict(4) < 0.003
+
+
+def test_the_step_time_is_measured_as_the_loop_runs(generator):
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10, deadline_s=60.0)
+        loop.start()
+        before = loop.step_times.predict(1)
+        await collect(loop, "a", 200, 1)
+        await loop.close()
+        return before, loop.step_times.predict(1)
+
+    before, after = asyncio.run(scenario())
+    assert before is None
+    assert after is not None and 0 < after < 1
