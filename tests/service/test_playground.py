@@ -114,6 +114,15 @@ def set_value(browser, selector: str, value: str) -> None:
                            "e.dispatchEvent(new Event('input', {bubbles: true}));", selector, value)
 
 
+def panel_screenshot(browser, panel: str, path: Path) -> None:
+    """A screenshot of the whole panel: chromium's stops at the window, so the window grows first."""
+    height = browser.execute_script(f"return document.querySelector('{panel}').getBoundingClientRect().bottom"
+                                    " + window.scrollY")
+    browser.set_window_size(1280, max(800, int(height) + 200))
+    element(browser, panel).screenshot(str(path))
+    browser.set_window_size(1280, 800)
+
+
 def severe_console_messages(browser) -> list[str]:
     return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -164,7 +173,7 @@ def test_sentiment_draws_a_point_per_word_and_shades_each_word(page, api, screen
     last = page.find_elements("css selector", "#sentiment-chart circle.point")[-1]
     title = last.find_element("tag name", "title").get_attribute("textContent")
     assert f"{explained['probabilities']['positive']:.3f}" in title
-    element(page, "#sentiment").screenshot(str(screenshots / "sentiment.png"))
+    panel_screenshot(page, "#sentiment", screenshots / "sentiment.png")
 
 
 def test_generation_text_streams_in_and_grows_then_equals_generate(page, api, screenshots):
@@ -193,7 +202,7 @@ def test_generation_text_streams_in_and_grows_then_equals_generate(page, api, sc
     wait_for(page, lambda: count(page, "#generation-surprisal span.char") == len("To be"))
     assert "nats per character" in element(page, "#generation-surprisal-caption").text
     page.execute_script("document.getElementById('generation-output').scrollTop = 0")
-    element(page, "#generation").screenshot(str(screenshots / "generation.png"))
+    panel_screenshot(page, "#generation", screenshots / "generation.png")
 
 
 @pytest.mark.parametrize(("source", "text"), [("de", "Zwei Hunde spielen im Schnee."),
@@ -212,7 +221,7 @@ def test_translation_draws_a_cell_per_source_and_target_piece(page, api, screens
              and element(page, "#translation-output").text == shown)
     assert count(page, "#translation-chart .row-label") == len(answer["target_tokens"])
     assert count(page, "#translation-chart .column-label") == len(answer["source_tokens"])
-    element(page, "#translation").screenshot(str(screenshots / f"translation-{source}.png"))
+    panel_screenshot(page, "#translation", screenshots / f"translation-{source}.png")
 
 
 def test_models_panel_lists_what_models_says(page, api, screenshots):
@@ -222,7 +231,7 @@ def test_models_panel_lists_what_models_says(page, api, screenshots):
     assert [row[0] for row in rows] == [model["tag"] for model in models]
     assert [row[1] for row in rows] == [model["task"] for model in models]
     assert "/sentiment (explain)" in rows[0][5] and "/score" in rows[1][5]
-    element(page, "#models").screenshot(str(screenshots / "models.png"))
+    panel_screenshot(page, "#models", screenshots / "models.png")
 
 
 def test_errors_from_the_api_are_shown_where_the_request_was_made(page):

@@ -263,11 +263,14 @@ function cell(text, className = "") {
   return td;
 }
 
+// The test-split figures where the model's metrics have them, else what its metrics say
 function metricsSummary(metrics) {
-  return Object.entries(metrics || {})
+  const test = metrics && typeof metrics.test === "object" ? metrics.test : null;
+  return Object.entries(test || metrics || {})
     .filter(([, value]) => typeof value === "number" || typeof value === "string")
-    .slice(0, 4)
-    .map(([key, value]) => `${key}: ${typeof value === "number" ? +value.toFixed(4) : value}`)
+    .slice(0, 3)
+    .map(([key, value]) => `${test ? "test " : ""}${key.replace(/_/g, " ")}: ` +
+                           `${typeof value === "number" ? +value.toFixed(4) : value}`)
     .join("; ");
 }
 
