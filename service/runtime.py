@@ -136,8 +136,9 @@ class Runtime:
         self.generation = GenerationLoop(refs.generator.tag.name, self.generator,
                                          max_active=settings.max_active_sequences,
                                          max_queue=settings.max_queue)
-        # /score runs in the generation loop's thread, between its steps
-        self.score_batcher = Batcher(refs.generator.tag.name, self._score, **batching,
+        # /score runs in the generation loop's thread, between its steps; its batches have a
+        # metrics label of their own, so the generator's steps per batch keep their meaning
+        self.score_batcher = Batcher(f"{refs.generator.tag.name}:score", self._score, **batching,
                                      executor=self.generation.executor)
         self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation,
                        self.score_batcher]

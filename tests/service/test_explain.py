@@ -182,3 +182,11 @@ def test_an_explanation_needs_as_many_rows_as_its_inputs():
     runtime.classifier = classifier
     [rows, single] = Runtime._classify(runtime, [item, classifier.encode("bad")])
     assert len(rows) == 4 and len(single) == 2
+
+
+def test_the_playground_is_public_with_the_docs_when_a_token_guards_the_api():
+    from service.auth import BearerAuth
+
+    auth = BearerAuth(app=None, token="secret", public=Settings(auth_public="docs").public_paths)
+    assert auth.is_public("/playground") and auth.is_public("/playground/playground.js")
+    assert not auth.is_public("/sentiment") and not auth.is_public("/models")
