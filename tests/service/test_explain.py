@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_generator, make_tiny_sentiment
 from pydantic import TypeAdapter, ValidationError
 
 from models.sentiment import explanation_inputs
@@ -17,6 +16,8 @@ from service.config import Settings
 from service.generation import GenerationLoop
 from service.runtime import Explanation, Runtime
 from service.schemas import GenerateResult, SentimentResult, request_models
+
+from support.tiny_models import make_tiny_generator, make_tiny_sentiment
 
 
 @pytest.fixture(scope="module", autouse=True)

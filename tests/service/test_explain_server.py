@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serving_helpers import running_server
-from test_app import fire_concurrently
 
 from models.generator import CharGenerator
 from models.quantize import with_precision
 from models.sentiment import SentimentClassifier, explanation, explanation_inputs
 from service.config import Settings
 
-pytestmark = pytest.mark.slow
+from support.server import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 PRECISIONS = Settings().precisions
 REVIEW = "It's not very funny, but the plot is great!"
@@ -50,6 +51,16 @@ def generator(tiny_shipped_dir) -> CharGenerator:
 def compact(content: bytes) -> bytes:
     """The answer re-encoded as the service writes JSON: compact, in its own key order."""
     return json.dumps(json.loads(content), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def fire_concurrently(server: str, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
+    """All requests at once, each on its own connection, answers in request order."""
+    def send(request: tuple[str, dict]) -> httpx.Response:
+        with httpx.Client(base_url=server, timeout=120) as client:
+            return client.post(request[0], json=request[1])
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        return list(pool.map(send, requests))
 
 
 def sse_events(body: bytes) -> list[str]:

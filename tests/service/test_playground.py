@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import running_server
 
-pytestmark = pytest.mark.slow
+from support.server import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 60  # the longest a rendered answer may take: a condition is waited for, never a time
