@@ -249,3 +249,28 @@ def test_errors_from_the_api_are_shown_where_the_request_was_made(page):
     replace_text(page, "#generation-temperature", "0.5")
     element(page, "#generation-start").click()
     wait_for(page, lambda: not element(page, "#generation-error").is_displayed())
+
+
+def test_the_stream_reader_parses_server_sent_events_split_anywhere(page):
+    """The SSE framing /generate_stream sends (`data:` lines, `event: end`, `event: error` with
+    JSON), cut into arbitrary network chunks, read by the page's own reader."""
+    events = page.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('./playground.js').then(async ({ serverSentEvents, chunkOf }) => {
+          const wire = 'data: {"text":"a\\\\nb","logprobs":[]}\\n\\n: a comment\\ndata: line one\\n' +
+                       'data: line two\\r\\n\\r\\nevent: error\\ndata: {"error":"shed"}\\n\\n' +
+                       'event: end\\ndata:\\n\\n';
+          const pieces = [wire.slice(0, 7), wire.slice(7, 30), wire.slice(30, 61), wire.slice(61)];
+          const body = new ReadableStream({ start(controller) {
+            for (const piece of pieces) controller.enqueue(new TextEncoder().encode(piece));
+            controller.close(); } });
+          const seen = [];
+          for await (const event of serverSentEvents(new Response(body))) {
+            seen.push([event.event, event.data, chunkOf(event.data).text]);
+          }
+          done(seen);
+        });""")
+    assert events == [["message", '{"text":"a\\nb","logprobs":[]}', "a\nb"],
+                      ["message", "line one\nline two", "line one\nline two"],
+                      ["error", '{"error":"shed"}', '{"error":"shed"}'],
+                      ["end", "", ""]]
