@@ -68,11 +68,10 @@ function parseEvent(block) {
   return data.length || event !== "message" ? { event, data: data.join("\n") } : null;
 }
 
-// A stream event's payload: {text, logprobs} as JSON, a JSON string, or plain text.
+// A stream event's payload: {text, logprobs} as JSON (with logprobs), else the text itself.
 export function chunkOf(data) {
   try {
     const parsed = JSON.parse(data);
-    if (typeof parsed === "string") return { text: parsed, logprobs: [] };
     if (parsed && typeof parsed === "object" && typeof parsed.text === "string") return parsed;
   } catch { /* plain text */ }
   return { text: data, logprobs: [] };
