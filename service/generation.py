@@ -96,6 +96,10 @@ class Generation:
     produced: int = 0  # characters sampled (executor thread)
     sent: int = 0  # characters handed to the client's queue (event loop)
     abandoned: bool = False  # the client went away: drop the row at the next step
+    logprobs: int = 0  # alternatives per character in log_probs (0: no log_probs)
+    # with logprobs: one entry per sampled character (models.generator.CharGenerator.
+    # log_prob_entries), appended by the executor thread before the character is handed out
+    log_probs: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +178,15 @@ class GenerationLoop(ModelLoop):
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
         """The characters of one continuation, in lists of those ready together."""
+        async for chars, _ in self.stream_with_log_probs(prompt, max_tokens, temperature, top_k,
+                                                         seed, endpoint, 0):
+            yield chars
+
+    async def stream_with_log_probs(self, prompt: str, max_tokens: int, temperature: float,
+                                    top_k: int, seed: int | None, endpoint: str, logprobs: int
+                                    ) -> AsyncIterator[tuple[list[str], list[dict]]]:
+        """`stream`, with each list of characters their log-probability entries (none when
+        `logprobs` is 0)."""
         if not self.running:
             raise RuntimeError(f"the {self.model} generation loop is not running")
         try:  # the schema keeps these out; a caller that skips it must not reach the batch
@@ -188,9 +201,11 @@ class GenerationLoop(ModelLoop):
         seed = secrets.randbits(63) if seed is None else seed
         generation = Generation(prompt, max_tokens, temperature,
                                 clamp_top_k(top_k, self.pipeline.module.config.vocab_size),
-                                torch.Generator().manual_seed(seed), endpoint, time.perf_counter())
+                                torch.Generator().manual_seed(seed), endpoint, time.perf_counter(),
+                                logprobs=logprobs)
         self._pending.append(generation)
         self._wakeup.set()
+        read = 0  # characters yielded
         try:
             while True:
                 batch = [await generation.pieces.get()]
@@ -198,7 +213,8 @@ class GenerationLoop(ModelLoop):
                     batch.append(generation.pieces.get_nowait())
                 chars = [c for piece in batch if isinstance(piece, list) for c in piece]
                 if chars:
-                    yield chars
+                    yield chars, generation.log_probs[read:read + len(chars)] if logprobs else []
+                    read += len(chars)
                 end = batch[-1]
                 if isinstance(end, BaseException):
                     raise end
@@ -333,6 +349,7 @@ class GenerationLoop(ModelLoop):
                           len(self._active))
             self._step_rows_alone(steps)
             return
+        self._record_log_probs(self._active, logits, self._temperature, self._top_k, tokens)
         self._state, self._tokens = state, tokens
         self._keep([row for row, (generation, token)
                     in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
@@ -355,6 +372,8 @@ class GenerationLoop(ModelLoop):
                 log.exception("%s: a sequence failed", self.model)
                 steps.failed.append((generation, error))
                 continue
+            self._record_log_probs([generation], logits, self._temperature.index_select(0, index),
+                                   self._top_k.index_select(0, index), token)
             states.append(state)
             tokens.append(token)
             kept.append(row)
@@ -385,6 +404,7 @@ class GenerationLoop(ModelLoop):
         temperature = torch.tensor([generation.temperature])
         top_k = torch.tensor([generation.top_k])
         token = sample_next(logits[None], temperature, top_k, [generation.generator])  # (1,)
+        self._record_log_probs([generation], logits[None], temperature, top_k, token)
         if not self._emit(generation, int(token[0]), steps):
             return
         if not self._active:
@@ -395,6 +415,24 @@ class GenerationLoop(ModelLoop):
             self._temperature = torch.cat([self._temperature, temperature])
             self._top_k = torch.cat([self._top_k, top_k])
         self._active.append(generation)
+
+    def _record_log_probs(self, rows: list[Generation], logits: Tensor, temperature: Tensor,
+                          top_k: Tensor, tokens: Tensor) -> None:
+        """Append each asking row's log-probability entry for its sampled token, before the token
+        is handed out. logits (B, V), temperature, top_k, tokens (B,)."""
+        asking = [row for row, generation in enumerate(rows) if generation.logprobs]
+        if not asking:
+            return
+        index = torch.tensor(asking)
+        k = max(rows[row].logprobs for row in asking)
+        entries = self.pipeline.log_prob_entries(logits.index_select(0, index),
+                                                 temperature.index_select(0, index),
+                                                 top_k.index_select(0, index),
+                                                 tokens.index_select(0, index), k)
+        for row, entry in zip(asking, entries, strict=True):
+            generation = rows[row]
+            entry["top"] = entry["top"][:generation.logprobs]
+            generation.log_probs.append(entry)
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only batch rows `rows` (in order)."""
