@@ -44,6 +44,7 @@ REQUIRED = (
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_message_complete", "limits.py"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.send_400_response", "limits.py"),
     ("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle.run_asgi", "limits.py"),
+    ("bentoml._internal.utils.circus", "Arbiter.__init__", "control.py"),
     ("_bentoml_sdk.method", "APIMethod", "direct.py (api.func, api.input_spec, api.output_spec)"),
 )
 
@@ -85,9 +86,10 @@ def version(distribution: str) -> str:
 
 def install(settings: Settings) -> None:
     """The process-level patches, from `settings`. Idempotent."""
-    from service.transport import limits, sockets, timeout, writes
+    from service.transport import control, limits, sockets, timeout, writes
 
     check_compatible()
+    control.use_private_endpoints()
     timeout.fix_bentoml_timeout_middleware()
     if settings.listen == "per-worker":
         sockets.balance_connections(settings.worker_count)  # in a worker, before BentoML wraps its socket
