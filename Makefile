@@ -69,7 +69,7 @@ container: bento  ## docker image $(IMAGE) from the latest bento: needs a runnin
 
 # Load test and benchmark (README "Performance"). `make load` needs a running server (`make serve`
 # in another shell): TARGET is its URL. HOST and PORT above are only the address `make serve` binds.
-.PHONY: load bench
+.PHONY: load bench reliability
 TARGET ?= http://127.0.0.1:$(PORT)
 USERS ?= 20
 SPAWN_RATE ?= 10
@@ -91,3 +91,6 @@ BENCH_FLAGS ?= --compare 7aceba2 fba42ff 57936de \
 	RNNSERVE_PRECISION=int8,RNNSERVE_WORKERS=2
 bench: install  ## ceiling, service under wrk (apt-get install wrk), batching off -> reports/bench/bench.{json,md}
 	$(PY) -m loadtest.bench $(BENCH_FLAGS)
+
+reliability: install  ## hostile input, overload, slow clients, faults, tampered model: real servers -> reports/reliability.md
+	$(PY) -m loadtest.reliability

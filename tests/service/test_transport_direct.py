@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service import metrics
 from service.errors import ErrorCounting, Overloaded
-from service.transport.direct import DirectEndpoints
+from service.transport.direct import DirectEndpoints, EarlyShedding
 from service.transport.timeout import fix_bentoml_timeout_middleware
 
 
@@ -260,3 +260,26 @@ def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline():
 
     with pytest.raises(TimeoutError, match="the app's own"):
         through_timeout(times_out_itself, timeout=60)
+
+
+def test_early_shedding_answers_a_full_models_post_and_lets_everything_else_through(monkeypatch):
+    monkeypatch.setitem(FULL, "now", True)
+    shedding = EarlyShedding({"/echo": "echo"}, admit, server_header="BentoML Service/Test")
+    assert shedding(b"GET", b"/echo", []) is None
+    assert shedding(b"POST", b"/other", []) is None
+    before = metrics.errors.labels("echo", "overloaded")._value.get()
+    refuse = shedding(b"POST", b"/echo", [])
+    assert metrics.errors.labels("echo", "overloaded")._value.get() == before + 1
+    status, headers, body = call(refuse, "POST", "/echo", b'{"text": "hi"}')
+    assert (status, json.loads(body)) == (429, [{"error": "echo: 9 items queued, limit 9; retry later"}])
+    assert headers[b"retry-after"] == b"1" and int(headers[b"content-length"]) == len(body)
+    FULL["now"] = False
+    assert shedding(b"POST", b"/echo", []) is None  # room again: the service answers
+
+
+def test_early_shedding_leaves_a_request_without_the_token_to_get_its_401(monkeypatch):
+    monkeypatch.setitem(FULL, "now", True)
+    shedding = EarlyShedding({"/echo": "echo"}, admit, server_header="S", token="t0ken")
+    assert shedding(b"POST", b"/echo", []) is None
+    assert shedding(b"POST", b"/echo", [(b"authorization", b"Bearer wrong")]) is None
+    assert shedding(b"POST", b"/echo", [(b"authorization", b"Bearer t0ken")]) is not None
