@@ -49,7 +49,7 @@ WORKERS = "2"
 CAPACITY_CONCURRENCY = 16
 OVERLOAD_FACTOR = 8
 GOODPUT_GOAL = 0.7
-SCHEMATHESIS_EXAMPLES = 150  # per operation and phase: well over 1,000 cases over 8 operations
+SCHEMATHESIS_EXAMPLES = 200  # per operation and phase: over 1,000 requests over the 8 operations
 START_TIMEOUT_S = 120  # a tampered store's server gets this long to fail or to answer
 PROBE_TEXTS = ["a good film", "a dull, tired plot", "not bad at all", "the worst acting of the year",
                "an odd but moving story", "I laughed", "too long", "a masterpiece"]
@@ -129,7 +129,8 @@ def schemathesis(ctx: Context) -> Scenario:
     har = ctx.workdir / "schemathesis.har"
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", str(spec), "--url", ctx.url,
                "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--phases", "examples,coverage,fuzzing",
-               "--checks", "not_a_server_error", "--seed", "1", "--request-timeout", "75",
+               "--checks", "not_a_server_error", "--continue-on-failure", "--seed", "1",
+               "--request-timeout", "75",
                "--no-color", "--report", "har", "--report-har-path", str(har)]
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, timeout=1500)
@@ -142,8 +143,8 @@ def schemathesis(ctx: Context) -> Scenario:
         per_path[path] += 1
         if entry["response"]["status"] >= 500:
             server_errors[f"{path} {entry['response']['status']}"] += 1
-    summary = [line for line in finished.stdout.splitlines() if re.search(
-        r"Selected|Tested|Errored|Skipped|generated|Schema Error|❌", line)]
+    summary = [line.strip() for line in finished.stdout.splitlines() if re.search(
+        r"Selected|Tested|Errored|Skipped|generated|Schema Error|❌|✅|curl ", line)]
     total_5xx = sum(server_errors.values())
     return Scenario(
         "schemathesis", "zero 5xx over every operation of the OpenAPI document (its schema valid "
@@ -154,7 +155,7 @@ def schemathesis(ctx: Context) -> Scenario:
         figures={"requests": len(entries), "per_path": dict(sorted(per_path.items())),
                  "server_errors": dict(server_errors), "rewritten_bounds": rewritten,
                  "exit_code": finished.returncode, "seconds": round(seconds, 1)},
-        detail=[f"command: {' '.join(command[1:])}", *summary[:12]])
+        detail=[f"command: {' '.join(command[1:])}", *(f"`{line}`" for line in summary[:30])])
 
 
 # -- poison among in-flight generations -----------------------------------------------------------
@@ -162,6 +163,7 @@ def schemathesis(ctx: Context) -> Scenario:
 POISON_BODIES = [
     '{"prompt": "a", "top_k": 1000000000}',
     '{"prompt": "a", "temperature": 1e-30}',
+    '{"prompt": "a", "temperature": 5e-324}',
     '{"prompt": "a", "temperature": 1e30}',
     '{"prompt": "a", "temperature": 1e309}',
     '{"prompt": "a", "temperature": NaN}',
@@ -554,23 +556,29 @@ def kill_a_worker(ctx: Context) -> Scenario:
     for answer in after:
         bins.setdefault(int((answer.started + answer.seconds - kill) * 2), []).append(answer)
     rate_before = ok_rate(before, kill - started)
+    # the first half second after the kill with answers flowing at half the rate before or more
     recovered = next((index / 2 for index, group in sorted(bins.items())
-                      if sum(a.status == 200 for a in group) * 2 >= 0.8 * rate_before), None)
+                      if sum(a.status == 200 for a in group) * 2 >= 0.5 * rate_before), None)
     figures = {"ok_per_s_before": round(rate_before, 1), "statuses_after_kill": statuses(after),
                "lost_requests": sum(a.status == LOST for a in after),
                "p99_ms_before": p99_ms([a.seconds for a in before if a.status == 200]),
                "p99_ms_after": p99_ms([a.seconds for a in after if a.status == 200]),
                "max_ms_after": round(max((a.seconds for a in after), default=0) * 1000, 1),
-               "ok_rate_back_to_80pct_after_s": recovered,
+               "ok_per_s_each_half_second_after": [sum(a.status == 200 for a in bins.get(i, [])) * 2
+                                                   for i in range(min(12, int(seconds * 4 / 3)))],
+               "ok_rate_back_to_half_after_s": recovered,
                "worker_replaced_after_s": None if back is None else round(back - kill, 1)}
     return Scenario(
         "kill a worker", "TorchServe/Triton (several workers or model instances): the requests on "
         "the dead worker fail, the others go on at once, the worker is restarted",
         f"SIGKILL to 1 of 2 workers under {CAPACITY_CONCURRENCY} clients: {figures['lost_requests']} "
         f"requests lost, p99 {figures['p99_ms_before']} -> {figures['p99_ms_after']} ms (max "
-        f"{figures['max_ms_after']} ms), ok rate >= 80% of before within "
+        f"{figures['max_ms_after']} ms), ok rate >= half of before's within "
         f"{recovered} s, worker replaced after {figures['worker_replaced_after_s']} s",
-        ok=recovered is not None and recovered <= 1.0, figures=figures)
+        ok=recovered is not None and recovered <= 1.0 and figures["lost_requests"] <= CAPACITY_CONCURRENCY,
+        figures=figures,
+        detail=["one worker of two left serving until the supervisor replaces the killed one: half "
+                "the CPU processes; the kill comes a third of the way into the load"])
 
 
 def wait_for_workers(server: Server, count: int, timeout_s: float) -> float | None:
@@ -614,7 +622,7 @@ def sigterm_drain(texts: ValidationTexts, workdir: Path, home: Path, tree: Path)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=60)
         exit_s = time.perf_counter() - result["sent_at"]
-    complete = sum(a.status == 200 and len(json.loads(a.body).get("text", "x")) > 0 for a in answers)
+    complete = sum(a.status == 200 for a in answers)
     figures = {"in_flight": len(answers), "statuses": statuses(answers), "complete": complete,
                "answer_after_signal": "lost" if late.status == LOST else late.status,
                "exit_code": process.returncode, "exit_after_s": round(exit_s, 1),
@@ -629,13 +637,21 @@ def sigterm_drain(texts: ValidationTexts, workdir: Path, home: Path, tree: Path)
 
 # -- tampered artifact ------------------------------------------------------------------------------
 
+def tensor_offset(safetensors: bytes, name: str) -> int:
+    """Where tensor `name`'s bytes start in a safetensors file: an 8-byte header length, the
+    JSON header, then the data."""
+    header_length = int.from_bytes(safetensors[:8], "little")
+    header = json.loads(safetensors[8:8 + header_length])
+    return 8 + header_length + header[name]["data_offsets"][0]
+
+
 def tampered_artifact(workdir: Path, reference: dict | None, tree: Path) -> Scenario:
     models = workdir / "tampered_models"
     shutil.copytree(SHIPPED_DIR, models)
     weights = models / "sentiment-rnn" / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
-    offset = len(data) - 1000  # inside the tensor data, past the safetensors header
-    data[offset] ^= 0x7F  # a high byte of a float16 weight: sign kept, exponent and mantissa changed
+    offset = tensor_offset(data, "classifier.weight") + 1  # every text goes through it
+    data[offset] ^= 0x7F  # the high byte of a float16 weight: sign kept, exponent and mantissa changed
     weights.write_bytes(bytes(data))
     home = import_models(models, workdir / "tampered_home")
     log_path = workdir / "tampered.log"
@@ -703,13 +719,14 @@ SCENARIOS = ("schemathesis", "poison", "overload", "slow", "exhaustion", "discon
 
 
 @contextmanager
-def main_server(workdir: Path, home: Path, tree: Path) -> Iterator[Server]:
-    with serving(tree, home, workdir / "server.log", {"RNNSERVE_WORKERS": WORKERS}) as server:
+def main_server(workdir: Path, home: Path, tree: Path, settings: dict[str, str]) -> Iterator[Server]:
+    with serving(tree, home, workdir / "server.log", {"RNNSERVE_WORKERS": WORKERS, **settings}) as server:
         yield server
 
 
-def run_scenarios(only: set[str], seconds: float, workdir: Path, tree: Path) -> list[Scenario]:
-    """The scenarios in `only`, against the service in `tree`."""
+def run_scenarios(only: set[str], seconds: float, workdir: Path, tree: Path,
+                  settings: dict[str, str]) -> list[Scenario]:
+    """The scenarios in `only`, against the service in `tree` with `settings` (the main server's)."""
     texts = load_validation_texts()
     home = import_models(SHIPPED_DIR, workdir / "bentoml_home")
     results: list[Scenario] = []
@@ -719,7 +736,7 @@ def run_scenarios(only: set[str], seconds: float, workdir: Path, tree: Path) -> 
         ("slow", slow_clients), ("exhaustion", connection_exhaustion), ("disconnect", disconnect),
         ("kill", kill_a_worker)]
     if only & {name for name, _ in on_main} or "tampered" in only:
-        with main_server(workdir, home, tree) as server:
+        with main_server(workdir, home, tree, settings) as server:
             ctx = Context(server, texts, workdir, seconds, request_bodies(texts))
             reference = httpx.post(f"{server.url}/sentiment", json={"texts": PROBE_TEXTS}, timeout=30).json()
             for name, scenario in on_main:
@@ -755,6 +772,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "reports" / "reliability.md",
                         help="markdown report to write (a .json of the figures beside it)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument("--settings", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="RNNSERVE_* settings of the server the load scenarios run against")
     parser.add_argument("--ref", help="serve this commit's service (git archive) instead of the "
                         "working tree's, for a before/after; the suite itself is the working tree's")
     args = parser.parse_args(argv)
@@ -763,7 +782,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rnnserve-reliability-"))
     try:
         tree = export_tree(args.ref, workdir / "tree") if args.ref else REPO_ROOT
-        results = run_scenarios(set(args.only), args.seconds, workdir, tree)
+        settings = dict(item.split("=", 1) for item in args.settings)
+        results = run_scenarios(set(args.only), args.seconds, workdir, tree, settings)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -16,6 +16,7 @@ requests that will be refused costs the worker as little as possible.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -133,10 +134,18 @@ async def answer(api: Any, body: bytes, path: str, as_list: TypeAdapter | None =
         return 500, INTERNAL_ERROR, headers
 
 
+HOLD_S = 0.25  # how long a request may wait for room in a full queue before its 429
+
+
 class EarlyShedding:
     """Called by the HTTP protocol (service.transport.limits) when a request's headers are in:
-    for a POST to one of `endpoints` whose model has no room, an ASGI app answering 429 with
-    Retry-After, run instead of the service's whole middleware stack; else None.
+    for a POST to one of `endpoints` whose model has no room, an ASGI app run instead of the
+    service's whole middleware stack; else None. That app waits up to HOLD_S for the queue to
+    make room (the model taking its next batch) and then hands the request to the service (`app`),
+    else it answers 429 with Retry-After. The wait costs nothing but a timer, and it keeps a
+    client that asks again at once from costing the worker a refusal every millisecond: with
+    refusals at their cheapest, a 64-text /sentiment flood still spent a third of the worker's
+    CPU on them (reports/reliability.md).
 
     It counts the request in rnnserve_errors_total{kind="overloaded"} itself (ErrorCounting is
     one of the layers it skips), and leaves a request without the right bearer token (when one
@@ -150,7 +159,8 @@ class EarlyShedding:
         self.expected = f"Bearer {token}".encode() if token else b""
         self.headers = [(b"content-type", JSON), (b"server", server_header.encode()), RETRY_AFTER]
 
-    def __call__(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Any:
+    def __call__(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]],
+                 app: Any = None) -> Any:
         endpoint = self.endpoints.get(path)
         if endpoint is None or method != b"POST":
             return None
@@ -161,21 +171,41 @@ class EarlyShedding:
         try:
             self.admit(endpoint)
         except Overloaded as error:
-            return self._refusal(endpoint, error)
+            return self._hold_or_refuse(endpoint, error, app)
         return None
 
-    def _refusal(self, endpoint: str, error: Overloaded) -> Any:
-        shed_log.warning("shed a request to /%s: %s", endpoint, error)
-        count(endpoint, "overloaded")
-        payload = json_body([{"error": str(error)}])
-        headers = [*self.headers, (b"content-length", str(len(payload)).encode())]
-        status = error.error_code.value
-
-        async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+    def _hold_or_refuse(self, endpoint: str, error: Overloaded, app: Any) -> Any:
+        async def hold_or_refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            refusal = error
+            if app is not None and refusal.room is not None:
+                refusal = await self._wait_for_room(endpoint, refusal)
+                if refusal is None:
+                    await app(scope, receive, send)
+                    return
+            shed_log.warning("shed a request to /%s: %s", endpoint, refusal)
+            count(endpoint, "overloaded")
+            payload = json_body([{"error": str(refusal)}])
+            await send({"type": "http.response.start", "status": refusal.error_code.value,
+                        "headers": [*self.headers, (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
 
-        return refuse
+        return hold_or_refuse
+
+    async def _wait_for_room(self, endpoint: str, error: Overloaded) -> Overloaded | None:
+        """None once `endpoint` admits a request within HOLD_S, else the last refusal."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_S
+        while error.room is not None and (remaining := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(error.room.wait(), remaining)
+            except TimeoutError:
+                break
+            try:
+                self.admit(endpoint)
+                return None
+            except Overloaded as again:
+                error = again
+        return error
 
 
 class JsonBodies:

@@ -160,14 +160,16 @@ class Waiting:
 
 WAITING = Waiting()  # one event loop per worker process: one registry
 
-# (method, path, headers) -> an ASGI app to answer the request instead of the service, or None;
-# set by `answer_early` (service.transport.direct.EarlyShedding)
-_early: list[Callable[[bytes, bytes, list[tuple[bytes, bytes]]], Any]] = []
+# (method, path, headers, the service's app) -> an ASGI app to run for the request instead, or
+# None; set by `answer_early` (service.transport.direct.EarlyShedding)
+EarlyHook = Callable[[bytes, bytes, list[tuple[bytes, bytes]], Any], Any]
+_early: list[EarlyHook] = []
 
 
-def answer_early(hook: Callable[[bytes, bytes, list[tuple[bytes, bytes]]], Any]) -> None:
+def answer_early(hook: EarlyHook) -> None:
     """Ask `hook` about every request once its headers are in; when it returns an ASGI app, that
-    app answers the request in place of the service's middleware stack."""
+    app runs for the request in place of the service's middleware stack (it may call the stack,
+    which it is given)."""
     _early[:] = [hook]
 
 
@@ -299,7 +301,7 @@ def limit_connections(limits: Limits) -> None:
         guard.cancel_timer()
         guard.phase = "body"
         early = _early[0](self.parser.get_method(), httptools.parse_url(self.url).path,
-                          self.headers) if _early else None
+                          self.headers, self.app) if _early else None
         if early is None:
             on_headers_complete(self)
             return
