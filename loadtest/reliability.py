@@ -133,7 +133,7 @@ def schemathesis(ctx: Context) -> Scenario:
                "--request-timeout", "75",
                "--no-color", "--report", "har", "--report-har-path", str(har)]
     started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=ctx.workdir)
     seconds = time.perf_counter() - started
     entries = json.loads(har.read_text())["log"]["entries"] if har.exists() else []
     per_path: Counter[str] = Counter()
