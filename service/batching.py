@@ -92,6 +92,7 @@ class ModelLoop:
         self._task: asyncio.Task[None] | None = None
         # another loop's executor, to take turns with it in the one thread of the same model
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
+        self._room = asyncio.Event()  # set (and replaced) whenever items leave the queue
 
     def start(self) -> None:
         """Start the loop on the running event loop."""
@@ -128,7 +129,12 @@ class ModelLoop:
         """Raise Overloaded unless `items` more fit in the queue."""
         if self.queued() + items > self.max_queue:
             raise Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
-                             "(RNNSERVE_MAX_QUEUE); retry later")
+                             "(RNNSERVE_MAX_QUEUE); retry later", room=self._room)
+
+    def _made_room(self) -> None:
+        """Wake whoever waits for room (Overloaded.room): items left the queue."""
+        self._room.set()
+        self._room = asyncio.Event()
 
 
 class Batcher(ModelLoop, Generic[V, R]):
@@ -199,6 +205,7 @@ class Batcher(ModelLoop, Generic[V, R]):
             batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
             taken = set(map(id, batch))
             self._queue = [item for item in self._queue if id(item) not in taken]
+            self._made_room()
             # Woken from idle by one short item and nothing else, after a batch of one, while the
             # worker's other models rest: the load is light, with no other request to parse and no
             # other model to feed while this one runs. (After a larger batch more requests are on
