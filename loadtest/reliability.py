@@ -210,6 +210,22 @@ async def _poison_round(url: str, honest: list[dict], path: str) -> tuple[list[A
     return list(await asyncio.gather(*honest_tasks)), list(poison)
 
 
+def stream_text(body: str) -> str:
+    """The text of a /generate_stream answer: its message events' data (lines joined with
+    "\\n", as an SSE client joins them), up to `event: end`; without that end, the text with a
+    mark, so that it never equals a complete answer."""
+    text = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        name = next((line[6:].strip() for line in lines if line.startswith("event:")), "message")
+        data = "\n".join(line[5:].removeprefix(" ") for line in lines if line.startswith("data:"))
+        if name == "end":
+            return "".join(text)
+        if name == "message" and any(line.startswith("data:") for line in lines):
+            text.append(data)
+    return "".join(text) + "<no event: end>"
+
+
 def poison(ctx: Context) -> Scenario:
     honest = [{"prompt": "ROMEO:\n", "max_tokens": 400, "temperature": 0.8, "top_k": k, "seed": seed}
               for seed, k in enumerate((0, 5, 20, 0, 5, 20, 0, 5))]
@@ -221,7 +237,10 @@ def poison(ctx: Context) -> Scenario:
         texts = []
         for answer in answers:
             body = answer.body.decode("utf-8", "replace")
-            texts.append(json.loads(body)["text"] if path == "/generate" and answer.status == 200 else body)
+            if answer.status != 200:
+                texts.append(body)
+            else:
+                texts.append(json.loads(body)["text"] if path == "/generate" else stream_text(body))
         identical = sum(a.status == 200 and t == r for a, t, r in zip(answers, texts, reference, strict=True))
         poison_statuses = statuses(poisoned)
         server_errors = sum(a.status >= 500 for a in poisoned) + sum(a.status >= 500 for a in answers)
@@ -659,14 +678,14 @@ def tensor_offset(safetensors: bytes, name: str) -> int:
 
 
 def tampered_artifact(workdir: Path, reference: dict | None, tree: Path) -> Scenario:
-    models = workdir / "tampered_models"
-    shutil.copytree(SHIPPED_DIR, models)
-    weights = models / "sentiment-rnn" / WEIGHTS_FILE
+    # the store's copy is damaged after a clean import (training.store import-shipped refuses a
+    # damaged shipped folder before it reaches the store)
+    home = import_models(SHIPPED_DIR, workdir / "tampered_home")
+    weights, = (home / "models" / "sentiment-rnn").glob(f"*/{WEIGHTS_FILE}")
     data = bytearray(weights.read_bytes())
     offset = tensor_offset(data, "classifier.weight") + 1  # every text goes through it
     data[offset] ^= 0x7F  # the high byte of a float16 weight: sign kept, exponent and mantissa changed
     weights.write_bytes(bytes(data))
-    home = import_models(models, workdir / "tampered_home")
     log_path = workdir / "tampered.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
     env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONPATH=str(tree),
@@ -721,8 +740,8 @@ def tampered_artifact(workdir: Path, reference: dict | None, tree: Path) -> Scen
         "tampered artifact", "Triton/TorchServe load a model or fail its load (model unavailable, "
         "reason logged); a checksum mismatch stops the load",
         observed, ok=exited_itself and process.returncode != 0, figures=figures,
-        detail=["one bit flipped in a copy of the shipped sentiment weights, imported into a fresh "
-                "store; `bentoml serve` given up to 120 s"])
+        detail=["one byte flipped in the store's copy of the shipped sentiment weights; `bentoml "
+                "serve` given up to 120 s"])
 
 
 # -- the run -------------------------------------------------------------------------------------
