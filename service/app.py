@@ -95,23 +95,32 @@ class RNNServe:
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate(self, prompt: str, max_tokens: int = 200, temperature: float = 0.8,
-                       top_k: int = 0, seed: int | None = None) -> GenerateResult:
-        """The continuation of `prompt` (without it). The same seed gives the same text."""
+                       top_k: int = 0, seed: int | None = None, return_state: bool = False,
+                       state: str | None = None) -> GenerateResult:
+        """The continuation of `prompt` (without it). The same seed gives the same text.
+        `state` continues an earlier generation; `return_state` answers one (service.sessions)."""
         chars: list[str] = []
-        async for piece in self.runtime.generation.stream(prompt, max_tokens, temperature, top_k,
-                                                          seed, "generate"):
+        sealed: list[str] = []
+        async for piece in self.runtime.generate(prompt, max_tokens, temperature, top_k, seed,
+                                                 "generate", state=state,
+                                                 return_state=return_state, sealed=sealed):
             chars.extend(piece)
-        return GenerateResult(text="".join(chars), tokens=len(chars))
+        return GenerateResult(text="".join(chars), tokens=len(chars),
+                              state=sealed[0] if sealed else None)
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate_stream(self, ctx: bentoml.Context, prompt: str, max_tokens: int = 200,
                               temperature: float = 0.8, top_k: int = 0,
-                              seed: int | None = None) -> AsyncGenerator[str, None]:
+                              seed: int | None = None, return_state: bool = False,
+                              state: str | None = None) -> AsyncGenerator[str, None]:
         """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
-        `data:` events, then `event: end`, or `event: error` with a JSON reason (service.sse)."""
-        pieces = self.runtime.generation.stream(prompt, max_tokens, temperature, top_k, seed,
-                                                "generate_stream")
-        async for event in sse.event_stream(pieces, ctx.response, "generate_stream"):
+        `data:` events, then `event: state` when asked, then `event: end`, or `event: error`
+        with a JSON reason (service.sse)."""
+        sealed: list[str] = []
+        pieces = self.runtime.generate(prompt, max_tokens, temperature, top_k, seed,
+                                       "generate_stream", state=state, return_state=return_state,
+                                       sealed=sealed)
+        async for event in sse.event_stream(pieces, ctx.response, "generate_stream", sealed):
             yield event
 
     @bentoml.api(input_spec=REQUESTS.translate)

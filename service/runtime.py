@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from service.config import Settings
 from service.generation import GenerationLoop
 from service.integrity import stop_server_on_failure
 from service.schemas import SentimentResult, TranslationResult
+from service.sessions import Sessions, bentoml_home, key_from, session_stream
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,12 @@ class Runtime:
                                          max_active=settings.max_active_sequences,
                                          max_queue=settings.max_queue,
                                          deadline_s=settings.timeout_s)
+        config = self.generator.module.config
+        self.sessions = Sessions(
+            key_from(settings.state_key, bentoml_home()), str(refs.generator.tag),
+            settings.state_ttl_s, settings.max_state_chars,
+            {"parts": len(self.generator.module.init_state(1)), "num_layers": config.num_layers,
+             "hidden_size": config.hidden_size, "vocab_size": config.vocab_size})
         self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation]
         self.started = False
         # The models are loaded for good: keep them out of every future garbage collection,
@@ -184,6 +192,14 @@ class Runtime:
             if loop.queued() < loop.max_queue:
                 return
         loops[0].check_room(1)
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
+                 seed: int | None, endpoint: str, *, state: str | None, return_state: bool,
+                 sealed: list[str]) -> AsyncIterator[list[str]]:
+        """A generation's characters, continuing `state` and sealing its own (service.sessions)."""
+        return session_stream(self.sessions, self.generation, prompt, max_tokens, temperature,
+                              top_k, seed, endpoint, state=state, return_state=return_state,
+                              sealed=sealed)
 
     async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
         self.sentiment_batcher.check_room(len(texts))  # before encoding: shedding must be cheap

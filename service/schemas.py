@@ -31,13 +31,15 @@ class SentimentResult(BaseModel):
     probabilities: dict[str, float] = Field(description=f"probability of each of {LABELS}")
 
 
+def _omitted_unless_asked(value: object) -> bool:
+    return value is None
+
+
 class GenerateResult(BaseModel):
     text: str = Field(description="the continuation only, without the prompt")
     tokens: int = Field(description="characters generated")
-
-
-def _omitted_unless_asked(value: object) -> bool:
-    return value is None
+    state: str | None = Field(None, exclude_if=_omitted_unless_asked,
+                              description="only with return_state: continues this generation")
 
 
 class TranslationResult(BaseModel):
@@ -95,7 +97,16 @@ def request_models(settings: Settings) -> RequestModels:
         seed: int | None = Field(
             None, ge=0, le=MAX_SEED,
             description=f"0..{MAX_SEED} (a signed 64-bit integer): the same seed gives the same "
-                        "text, alone or beside other requests; null = random")
+                        "text, alone or beside other requests; null = random, or with `state`, "
+                        "the sampler goes on where it stopped")
+        return_state: bool = Field(
+            False, description="also answer `state`, a token that continues this generation later "
+                               "(in the stream: an `event: state` before `event: end`)")
+        state: str | None = Field(
+            None, max_length=settings.max_state_chars,
+            description="a `state` an earlier answer returned: go on from where it stopped, "
+                        "reading `prompt` first (\"\": nothing); 400 if not valid, 409 if made by "
+                        "another model, 410 if expired")
 
     class TranslateRequest(BaseModel):
         model_config = STRICT

@@ -45,8 +45,8 @@ def event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def event_stream(pieces: AsyncIterator[list[str]], response: Any,
-                       endpoint: str) -> AsyncIterator[str]:
+async def event_stream(pieces: AsyncIterator[list[str]], response: Any, endpoint: str,
+                       sealed: list[str] = ()) -> AsyncIterator[str]:
     """The events of a generation whose characters `pieces` yields, for BentoML to stream.
 
     BentoML waits for the first event before it answers, so an error before it still sets the
@@ -54,6 +54,7 @@ async def event_stream(pieces: AsyncIterator[list[str]], response: Any,
     answers them, set on `response` (the request context's), without the traceback BentoML
     would log per request; a fault of the server's own is raised for BentoML's 500. After the
     first event the status is 200 for good: a failure is the last event, and counted here.
+    A state token `pieces` left in `sealed` goes out as `event: state` just before the end.
     """
     sent = 0
     try:
@@ -77,4 +78,6 @@ async def event_stream(pieces: AsyncIterator[list[str]], response: Any,
         response.headers["content-type"] = "application/json"
         yield json.dumps([{"error": str(failure)}], ensure_ascii=False)
         return
+    for token in sealed:
+        yield event("state", {"state": token})
     yield end(sent)
