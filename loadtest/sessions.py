@@ -76,9 +76,11 @@ def measure(generator: CharGenerator, sessions: Sessions, repeats: int) -> list[
         history, sequence = history_and_state(generator, length)
         token = sessions.seal(sequence)
         with torch.inference_mode():
-            again = milliseconds(lambda: first_character(generator.prime(history)[0]), repeats)
+            again = milliseconds(lambda text=history: first_character(generator.prime(text)[0]),
+                                 repeats)
             resumed = milliseconds(
-                lambda: first_character(generator.resume(sessions.open(token), "")[0]), repeats)
+                lambda sealed=token: first_character(generator.resume(sessions.open(sealed), "")[0]),
+                repeats)
         lines.append(f"| {length:,} | {again:.2f} | {resumed:.3f} | {again / resumed:,.0f}x |")
     payload = len(pack(sessions.open(token)))
     lines += ["", "| state | bytes |", "|---|---|",
