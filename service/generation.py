@@ -20,6 +20,10 @@ are run one by one and only the row that raises fails. A row alone computes what
 the batch, and sampling raises before any row draws, so every other sequence's text is the one
 it would have been.
 
+A sequence can also go on from a saved one (service.sessions): it joins by reading only its
+pending character and any new prompt from the saved state, never its history, and a row that
+finishes and asked for its state leaves it (models.sequence_state) before its row is dropped.
+
 A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
 Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
 until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
