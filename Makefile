@@ -75,7 +75,7 @@ container: bento  ## docker image $(IMAGE) from the latest bento: needs a runnin
 
 # Load test and benchmark (docs/performance.md). `make load` needs a running server (`make serve`
 # in another shell): TARGET is its URL. HOST and PORT above are only the address `make serve` binds.
-.PHONY: load bench
+.PHONY: load bench reliability
 TARGET ?= http://127.0.0.1:$(PORT)
 USERS ?= 20
 SPAWN_RATE ?= 10
@@ -93,3 +93,6 @@ load: install  ## locust headless against $(TARGET): CSV + HTML to reports/load/
 BENCH_FLAGS ?= --base-settings RNNSERVE_WORKERS=2
 bench: install  ## ceiling, service under wrk (apt-get install wrk), batching off, precisions -> reports/bench/bench.{json,md}
 	$(PY) -m loadtest.bench $(BENCH_FLAGS)
+
+reliability: install  ## hostile input, overload, slow clients, faults, tampered model: real servers -> reports/reliability.md
+	$(PY) -m loadtest.reliability

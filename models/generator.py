@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.rnn import State, from_state, make_rnn, recurrence, run_rnn, to_state
 from models.sequence_state import SequenceState
-from models.vocab import SPECIALS, UNK_ID, Vocab
+from models.vocab import PAD_ID, SPECIALS, UNK_ID, Vocab
 
 TASK = "generator"
 VOCAB_FILE = "vocab.json"
@@ -85,18 +85,16 @@ def clamp_top_k(top_k: int, vocab_size: int) -> int:
     return 0 if top_k >= vocab_size else top_k
 
 
-def sample_next(logits: Tensor, temperature: Tensor, top_k: Tensor,
-                generators: list[torch.Generator | None]) -> Tensor:
-    """Sample one token per row with its own temperature, top-k (0 = off) and RNG.
+def sampling_logits(logits: Tensor, temperature: Tensor, top_k: Tensor) -> tuple[Tensor, Tensor]:
+    """The logits sampling draws from, and which rows are greedy.
 
-    logits (B, V), temperature (B,), top_k (B,) -> tokens (B,). Each row draws only from its
-    own generator, so a seeded request gives the same text whatever it is batched with.
-
-    A temperature of 0, or one so small that logits / temperature overflows float32, takes the
-    likeliest token (the limit of sampling as the temperature falls to 0) instead of turning the
-    row's probabilities into NaN; it draws nothing from the row's generator. A row whose logits
-    are not finite (a damaged model) or whose temperature is negative or NaN raises ValueError
-    before any row draws, so the caller can sample the rows one by one and fail only that one.
+    logits (B, V), temperature (B,), top_k (B,) -> scaled (B, V) float32, greedy (B,) bool:
+    specials masked, divided by each row's temperature, all but each row's top_k (0 = off) set
+    to -inf. A temperature of 0, or one so small that logits / temperature overflows float32,
+    makes the row greedy (the limit of sampling as the temperature falls to 0): its scaled
+    logits keep only the likeliest token. A row whose logits are not finite (a damaged model) or
+    whose temperature is negative or NaN raises ValueError, before any row draws, so the caller
+    can sample the rows one by one and fail only that one.
     """
     logits = logits.float().clone()
     logits[:, : len(SPECIALS)] = float("-inf")  # never emit padding, unknown or boundaries
@@ -107,19 +105,49 @@ def sample_next(logits: Tensor, temperature: Tensor, top_k: Tensor,
     allowed = logits
     logits = allowed / temperature[:, None]
     greedy = ~torch.isfinite(logits.amax(dim=-1))  # (B,) overflowed to +/-inf, or 0/0 = NaN
+    if bool(greedy.any()):
+        only_likeliest = torch.full_like(allowed, float("-inf"))
+        only_likeliest.scatter_(1, allowed.argmax(dim=-1, keepdim=True), 0.0)  # (B, V)
+        logits = torch.where(greedy[:, None], only_likeliest, logits)
     vocab = logits.shape[-1]
     k = torch.where((top_k > 0) & (top_k < vocab), top_k, torch.full_like(top_k, vocab))
     if bool((k < vocab).any()):
         kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return logits, greedy
+
+
+def sample_next(logits: Tensor, temperature: Tensor, top_k: Tensor,
+                generators: list[torch.Generator | None]) -> Tensor:
+    """Sample one token per row with its own temperature, top-k (0 = off) and RNG.
+
+    logits (B, V), temperature (B,), top_k (B,) -> tokens (B,). Each row draws only from its
+    own generator, so a seeded request gives the same text whatever it is batched with. A greedy
+    row (sampling_logits) takes its likeliest token and draws nothing from its generator.
+    """
+    scaled, greedy = sampling_logits(logits, temperature, top_k)
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
     if bool(greedy.any()):
-        likeliest = allowed.argmax(dim=-1)  # (B,) within any top-k
+        likeliest = scaled.argmax(dim=-1)  # (B,)
         return torch.cat([likeliest[row, None] if greedy[row] else
                           torch.multinomial(probs[row], 1, generator=gen)
                           for row, gen in enumerate(generators)])
     return torch.cat([torch.multinomial(probs[row], 1, generator=gen)
                       for row, gen in enumerate(generators)])
+
+
+def sampled_log_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, tokens: Tensor,
+                      k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The log-probability of each row's sampled token under the distribution it was drawn from
+    (after temperature and top-k), and that distribution's k likeliest tokens.
+
+    logits (B, V), temperature (B,), top_k (B,), tokens (B,) -> chosen (B,), top values (B, k),
+    top ids (B, k). Alternatives outside a row's top_k have log-probability -inf.
+    """
+    log_probs = torch.log_softmax(sampling_logits(logits, temperature, top_k)[0], dim=-1)  # (B, V)
+    chosen = log_probs.gather(1, tokens[:, None])[:, 0]  # (B,)
+    top = log_probs.topk(k, dim=-1)  # (B, k) each
+    return chosen, top.values, top.indices
 
 
 class CharGenerator:
@@ -169,6 +197,48 @@ class CharGenerator:
             out.append(int(token))
             logits, state = self.module.step(token, state)
         return self.decode(out)
+
+    def log_prob_entries(self, logits: Tensor, temperature: Tensor, top_k: Tensor, tokens: Tensor,
+                         k: int) -> list[dict]:
+        """Per row, the sampled character, its log-probability and the k likeliest alternatives
+        (those the row's top-k left possible), as /generate's `logprobs` entries."""
+        chosen, values, ids = sampled_log_probs(logits, temperature, top_k, tokens, k)
+        return [{"char": self.decode([token]), "logprob": logprob,
+                 "top": [{"char": self.decode([i]), "logprob": v}
+                         for i, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]}
+                for token, logprob, row_ids, row_values
+                in zip(tokens.tolist(), chosen.tolist(), ids.tolist(), values.tolist(), strict=True)]
+
+    def score_ids(self, texts: list[tuple[list[int], int]]) -> list[list[float | None]]:
+        """Each text's surprisal, in one padded batch.
+
+        `texts`: (ids, start) pairs: a prompt's ids and then the text's, start = the prompt's
+        length (>= 1). Returns per text the surprisal -log p (nats) of ids[start:], each after
+        the ids before it, under the distribution a generation at temperature 1 and top-k 0
+        samples from; None for a character that distribution never gives (outside the
+        vocabulary). Right padding cannot reach the real positions of a left-to-right model.
+        """
+        longest = max(len(ids) for ids, _ in texts)
+        tokens = torch.tensor([ids + [PAD_ID] * (longest - len(ids)) for ids, _ in texts])  # (B, S)
+        logits, _ = self.module(tokens[:, :-1])  # (B, S-1, V): position p predicts p + 1
+        batch, steps, vocab = logits.shape
+        flat = logits.reshape(batch * steps, vocab)  # (B*(S-1), V)
+        ones = torch.ones(batch * steps)
+        scaled, _ = sampling_logits(flat, ones, torch.zeros_like(ones, dtype=torch.long))
+        log_probs = torch.log_softmax(scaled, dim=-1).view(batch, steps, vocab)  # (B, S-1, V)
+        picked = log_probs.gather(2, tokens[:, 1:, None])[..., 0].tolist()  # (B, S-1)
+        return [[None if value == float("-inf") else -value for value in row[start - 1:len(ids) - 1]]
+                for row, (ids, start) in zip(picked, texts, strict=True)]
+
+    def score_job(self, prompt: str, text: str) -> tuple[list[int], int]:
+        """(ids, start) of `text` after `prompt` for score_ids."""
+        context = self.encode(prompt)
+        return context + [self.vocab.stoi.get(ch, UNK_ID) for ch in text], len(context)
+
+    @torch.inference_mode()
+    def score(self, text: str, prompt: str = "") -> list[float | None]:
+        """The surprisal of each character of `text` after `prompt` (score_ids, alone)."""
+        return self.score_ids([self.score_job(prompt, text)])[0]
 
     def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         save_module(directory, TASK, self.module.config, self.module, dtype)

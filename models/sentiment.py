@@ -87,6 +87,34 @@ class EncodedText:
     def __len__(self) -> int:
         return len(self.words)
 
+    def part(self, positions: list[int]) -> EncodedText:
+        """The text made of the words at `positions`; none: the empty text (one UNK, the prior)."""
+        if not positions:
+            return EncodedText([UNK_ID], [()] if self.subwords else [])
+        return EncodedText([self.words[i] for i in positions],
+                           [self.subwords[i] for i in positions] if self.subwords else [])
+
+
+def explanation_inputs(text: EncodedText) -> list[EncodedText]:
+    """What explaining `text` (of n >= 1 words) reads, as one batch: its n prefixes, the last of
+    which is the whole text, then the n texts with one word left out."""
+    n = len(text)
+    prefixes = [text.part(list(range(end))) for end in range(1, n + 1)]
+    left_out = [text.part([i for i in range(n) if i != out]) for out in range(n)]
+    return prefixes + left_out
+
+
+def explanation(probabilities: list[list[float]]) -> tuple[list[float], list[float]]:
+    """From the probabilities (2n, C) of `explanation_inputs`: the trajectory, P(positive) after
+    each prefix (the many-to-one model read as many-to-many; the last is the whole text's), and
+    each word's importance, how much P(positive) drops when that word alone is left out (occlusion:
+    positive for a word that pulls towards positive)."""
+    n = len(probabilities) // 2
+    positive = LABELS.index("positive")
+    trajectory = [row[positive] for row in probabilities[:n]]
+    importance = [trajectory[-1] - row[positive] for row in probabilities[n:]]
+    return trajectory, importance
+
 
 @dataclass(frozen=True)
 class Batch:

@@ -24,13 +24,20 @@ import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from service import errors, openapi, sse, transport
+from service import errors, openapi, playground, sse, transport
 from service.auth import BearerAuth
 from service.config import Settings
 from service.integrity import verify_served_models
-from service.schemas import GenerateResult, SentimentResult, TranslationResult, request_models
+from service.schemas import (
+    CharLogProb,
+    GenerateResult,
+    ScoreResult,
+    SentimentResult,
+    TranslationResult,
+    request_models,
+)
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -39,15 +46,17 @@ SETTINGS = Settings.from_env()
 transport.install(SETTINGS)
 REQUESTS = request_models(SETTINGS)
 # every endpoint the service declares below, by path (a test holds the two together)
-ENDPOINTS = {f"/{name}": name for name in ("sentiment", "generate", "generate_stream", "translate")}
-DIRECT = ("sentiment", "translate", "generate")  # JSON in, JSON out: service.transport.direct
+ENDPOINTS = {f"/{name}": name
+             for name in ("sentiment", "generate", "generate_stream", "translate", "score")}
+DIRECT = ("sentiment", "translate", "generate", "score")  # JSON in, JSON out: service.transport.direct
 
 
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().runtime.model_cards)
 
 
-MODELS_APP = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+MODELS_APP = Starlette(routes=[Route("/models", list_models, methods=["GET"]),
+                               Mount(playground.PATH, app=playground.app())])
 
 
 @bentoml.asgi_app(MODELS_APP, path="/")
@@ -89,46 +98,65 @@ class RNNServe:
     # -- endpoints -------------------------------------------------------------------------------
 
     @bentoml.api(input_spec=REQUESTS.sentiment)
-    async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
-        """negative/positive for each text, in order. An empty text gets the model's prior."""
+    async def sentiment(self, texts: list[str], explain: bool = False) -> list[SentimentResult]:
+        """negative/positive for each text, in order. An empty text gets the model's prior.
+        With explain: per text also its tokens, P(positive) after each and each one's importance
+        (see them drawn in the [playground](/playground/#sentiment))."""
+        if explain:
+            return await self.runtime.explain_sentiment(texts)
         return await self.runtime.sentiment(texts)
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate(self, prompt: str, max_tokens: int = 200, temperature: float = 0.8,
-                       top_k: int = 0, seed: int | None = None, return_state: bool = False,
-                       state: str | None = None) -> GenerateResult:
+                       top_k: int = 0, seed: int | None = None, logprobs: int = 0,
+                       return_state: bool = False, state: str | None = None) -> GenerateResult:
         """The continuation of `prompt` (without it). The same seed gives the same text.
-        `state` continues an earlier generation; `return_state` answers one (service.sessions)."""
+        With logprobs k: each character's log-probability and the k likeliest alternatives
+        (see them in the [playground](/playground/#generation)). `state` continues an earlier
+        generation; `return_state` answers one (service.sessions)."""
         chars: list[str] = []
+        entries: list[dict] = []
         sealed: list[str] = []
-        async for piece in self.runtime.generate(prompt, max_tokens, temperature, top_k, seed,
-                                                 "generate", state=state,
-                                                 return_state=return_state, sealed=sealed):
+        async for piece, log_probs in self.runtime.generate(
+                prompt, max_tokens, temperature, top_k, seed, "generate", logprobs, state=state,
+                return_state=return_state, sealed=sealed):
             chars.extend(piece)
-        return GenerateResult(text="".join(chars), tokens=len(chars),
-                              state=sealed[0] if sealed else None)
+            entries.extend(log_probs)
+        return GenerateResult(
+            text="".join(chars), tokens=len(chars),
+            logprobs=[CharLogProb(**entry) for entry in entries] if logprobs else None,
+            state=sealed[0] if sealed else None)
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate_stream(self, ctx: bentoml.Context, prompt: str, max_tokens: int = 200,
-                              temperature: float = 0.8, top_k: int = 0,
-                              seed: int | None = None, return_state: bool = False,
+                              temperature: float = 0.8, top_k: int = 0, seed: int | None = None,
+                              logprobs: int = 0, return_state: bool = False,
                               state: str | None = None) -> AsyncGenerator[str, None]:
         """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
-        `data:` events, then `event: state` when asked, then `event: end`, or `event: error`
-        with a JSON reason (service.sse)."""
+        `data:` events (with logprobs k, one JSON line {"text", "logprobs"} each), then
+        `event: state` when asked, then `event: end`, or `event: error` with a JSON reason
+        (service.sse)."""
         sealed: list[str] = []
         pieces = self.runtime.generate(prompt, max_tokens, temperature, top_k, seed,
-                                       "generate_stream", state=state, return_state=return_state,
-                                       sealed=sealed)
-        async for event in sse.event_stream(pieces, ctx.response, "generate_stream", sealed):
+                                       "generate_stream", logprobs, state=state,
+                                       return_state=return_state, sealed=sealed)
+        async for event in sse.event_stream(pieces, ctx.response, "generate_stream",
+                                            with_log_probs=bool(logprobs), sealed=sealed):
             yield event
 
     @bentoml.api(input_spec=REQUESTS.translate)
     async def translate(self, texts: list[str], source: str = "de", beam_size: int = 1,
                         max_length: int | None = None,
                         return_attention: bool = False) -> list[TranslationResult]:
-        """English for each text, in order. An empty text translates to EOS only: ""."""
+        """English for each text, in order. An empty text translates to EOS only: "".
+        The [playground](/playground/#translation) draws return_attention's matrix."""
         return await self.runtime.translate(texts, source, beam_size, max_length, return_attention)
+
+    @bentoml.api(input_spec=REQUESTS.score)
+    async def score(self, text: str, prompt: str = "") -> ScoreResult:
+        """The character model as a scorer: each character's surprisal (-ln p) after `prompt` and
+        the text before it, at temperature 1 and top_k 0, and their mean."""
+        return await self.runtime.score(text, prompt)
 
 
 def admit(endpoint: str) -> None:

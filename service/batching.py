@@ -83,14 +83,16 @@ class ModelLoop:
     """One asyncio task that feeds one model. The model runs in a thread of its own, so the event
     loop keeps serving HTTP while it computes. Subclasses write `_loop`."""
 
-    def __init__(self, model: str, kind: str, max_queue: int):
+    def __init__(self, model: str, kind: str, max_queue: int, executor: ThreadPoolExecutor | None = None):
         self.model = model
         self.max_queue = max_queue
         self._kind = kind
         self._metrics = metrics.ModelMetrics.of(model)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
+        # another loop's executor, to take turns with it in the one thread of the same model
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
+        self._room = asyncio.Event()  # set (and replaced) whenever items leave the queue
 
     def start(self) -> None:
         """Start the loop on the running event loop."""
@@ -99,6 +101,11 @@ class ModelLoop:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The model's thread."""
+        return self._executor
 
     @property
     def busy(self) -> bool:
@@ -122,7 +129,12 @@ class ModelLoop:
         """Raise Overloaded unless `items` more fit in the queue."""
         if self.queued() + items > self.max_queue:
             raise Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
-                             "(RNNSERVE_MAX_QUEUE); retry later")
+                             "(RNNSERVE_MAX_QUEUE); retry later", room=self._room)
+
+    def _made_room(self) -> None:
+        """Wake whoever waits for room (Overloaded.room): items left the queue."""
+        self._room.set()
+        self._room = asyncio.Event()
 
 
 class Batcher(ModelLoop, Generic[V, R]):
@@ -130,8 +142,8 @@ class Batcher(ModelLoop, Generic[V, R]):
 
     def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
                  max_batch_tokens: int, max_wait_s: float, max_queue: int, inline_max_tokens: int = 0,
-                 others_busy: Callable[[], bool] = lambda: False):
-        super().__init__(model, "batcher", max_queue)
+                 others_busy: Callable[[], bool] = lambda: False, executor: ThreadPoolExecutor | None = None):
+        super().__init__(model, "batcher", max_queue, executor)
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
@@ -193,12 +205,14 @@ class Batcher(ModelLoop, Generic[V, R]):
             batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
             taken = set(map(id, batch))
             self._queue = [item for item in self._queue if id(item) not in taken]
+            self._made_room()
             # Woken from idle by one short item and nothing else, after a batch of one, while the
             # worker's other models rest: the load is light, with no other request to parse and no
             # other model to feed while this one runs. (After a larger batch more requests are on
             # their way; a translation batch or a generation step waits for the event loop too.)
             inline = (not busy and not self._queue and len(batch) == 1 and last_size == 1
-                      and batch[0].length <= self._inline_max_tokens and not self._others_busy())
+                      and batch[0].length <= self._inline_max_tokens and batch[0].width == 1
+                      and not self._others_busy())
             busy, last_size = True, len(batch)
             self._in_flight = True
             try:

@@ -59,7 +59,7 @@ def parse_precisions(value: str) -> dict[str, str]:
 PUBLIC_GROUPS = {
     "health": ("/livez", "/readyz", "/healthz"),
     "metrics": ("/metrics",),
-    "docs": ("/", "/docs.json", "/static_content"),
+    "docs": ("/", "/docs.json", "/static_content", "/playground"),
 }
 
 
@@ -157,8 +157,8 @@ class Settings:
                               "but trusted callers")
     auth_public: str = setting("health,metrics", "with a token, the path groups that stay open: "
                                "any of health (/livez, /readyz, /healthz), metrics (/metrics) and "
-                               "docs (/, /docs.json and BentoML's static files), comma-separated; "
-                               "'' for none", parse=lambda value: parse_public(value))
+                               "docs (/, /docs.json, BentoML's static files and /playground), "
+                               "comma-separated; '' for none", parse=lambda value: parse_public(value))
     coalesce_writes: str = setting("on", "on: what the HTTP server writes to a connection in one "
                                    "event-loop turn goes out as one send (an answer's headers and "
                                    "body together; service/writes.py); off: each write as uvicorn "
@@ -181,6 +181,10 @@ class Settings:
     # request limits
     max_texts: int = setting(64, "most texts in one /sentiment or /translate request", 1)
     max_sentiment_chars: int = setting(1000, "most characters in one /sentiment text", 1)
+    max_explain_texts: int = setting(8, "most texts in one /sentiment request with explain: true "
+                                     "(each costs a model batch of 2 x its tokens texts)", 1)
+    max_explain_tokens: int = setting(64, "most tokens (words after normalisation) in one text of "
+                                      "a /sentiment request with explain: true", 1)
     max_translation_chars: int = setting(500, "most characters in one /translate text", 1)
     max_prompt_chars: int = setting(1000, "most characters in a /generate prompt", 1)
     max_tokens: int = setting(2000, "largest max_tokens a /generate request may ask for", 1)

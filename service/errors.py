@@ -30,10 +30,12 @@ DISCONNECTED = "rnnserve.disconnected"
 
 
 class Overloaded(BentoMLException):
-    """A model's queue is full: HTTP 429 with Retry-After, retry later."""
+    """A model's queue is full: HTTP 429 with Retry-After, retry later. `room`, when given, is
+    set as soon as items leave that queue: a caller may wait on it briefly and ask again."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, room: asyncio.Event | None = None):
         super().__init__(message, error_code=HTTPStatus.TOO_MANY_REQUESTS)
+        self.room = room
 
 
 class RateLimitedLog:

@@ -106,6 +106,10 @@ class Generation:
     resume: SequenceState | None = None
     return_state: bool = False
     final: SequenceState | None = None
+    logprobs: int = 0  # alternatives per character in log_probs (0: no log_probs)
+    # with logprobs: one entry per sampled character (models.generator.CharGenerator.
+    # log_prob_entries), appended by the executor thread before the character is handed out
+    log_probs: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -185,7 +189,19 @@ class GenerationLoop(ModelLoop):
                      seed: int | None, endpoint: str, *, resume: SequenceState | None = None,
                      state_out: Callable[[SequenceState], None] | None = None,
                      ) -> AsyncIterator[list[str]]:
-        """The characters of one continuation, in lists of those ready together.
+        """The characters of one continuation, in lists of those ready together."""
+        async for chars, _ in self.stream_with_log_probs(prompt, max_tokens, temperature, top_k,
+                                                         seed, endpoint, 0, resume=resume,
+                                                         state_out=state_out):
+            yield chars
+
+    async def stream_with_log_probs(self, prompt: str, max_tokens: int, temperature: float,
+                                    top_k: int, seed: int | None, endpoint: str, logprobs: int,
+                                    *, resume: SequenceState | None = None,
+                                    state_out: Callable[[SequenceState], None] | None = None,
+                                    ) -> AsyncIterator[tuple[list[str], list[dict]]]:
+        """`stream`, with each list of characters their log-probability entries (none when
+        `logprobs` is 0).
 
         With `resume`, the sequence goes on from that saved state (its sampler too, unless a
         seed is given); with `state_out`, it is called with the final state before the end.
@@ -208,10 +224,11 @@ class GenerationLoop(ModelLoop):
             generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         generation = Generation(prompt, max_tokens, temperature,
                                 clamp_top_k(top_k, self.pipeline.module.config.vocab_size),
-                                generator, endpoint, time.perf_counter(), resume=resume,
-                                return_state=state_out is not None)
+                                generator, endpoint, time.perf_counter(), logprobs=logprobs,
+                                resume=resume, return_state=state_out is not None)
         self._pending.append(generation)
         self._wakeup.set()
+        read = 0  # characters yielded
         try:
             while True:
                 batch = [await generation.pieces.get()]
@@ -219,7 +236,8 @@ class GenerationLoop(ModelLoop):
                     batch.append(generation.pieces.get_nowait())
                 chars = [c for piece in batch if isinstance(piece, list) for c in piece]
                 if chars:
-                    yield chars
+                    yield chars, generation.log_probs[read:read + len(chars)] if logprobs else []
+                    read += len(chars)
                 end = batch[-1]
                 if isinstance(end, BaseException):
                     raise end
@@ -359,6 +377,7 @@ class GenerationLoop(ModelLoop):
                           len(self._active))
             self._step_rows_alone(steps)
             return
+        self._record_log_probs(self._active, logits, self._temperature, self._top_k, tokens)
         self._state, self._tokens = state, tokens
         self._keep(self._emit_rows(steps))
 
@@ -379,6 +398,8 @@ class GenerationLoop(ModelLoop):
                 log.exception("%s: a sequence failed", self.model)
                 steps.failed.append((generation, error))
                 continue
+            self._record_log_probs([generation], logits, self._temperature.index_select(0, index),
+                                   self._top_k.index_select(0, index), token)
             states.append(state)
             tokens.append(token)
             kept.append(row)
@@ -420,6 +441,7 @@ class GenerationLoop(ModelLoop):
         temperature = torch.tensor([generation.temperature])
         top_k = torch.tensor([generation.top_k])
         token = sample_next(logits[None], temperature, top_k, [generation.generator])  # (1,)
+        self._record_log_probs([generation], logits[None], temperature, top_k, token)
         if not self._emit(generation, int(token[0]), steps):
             if generation.return_state:
                 generation.final = _saved(generation, state, int(token[0]))
@@ -432,6 +454,24 @@ class GenerationLoop(ModelLoop):
             self._temperature = torch.cat([self._temperature, temperature])
             self._top_k = torch.cat([self._top_k, top_k])
         self._active.append(generation)
+
+    def _record_log_probs(self, rows: list[Generation], logits: Tensor, temperature: Tensor,
+                          top_k: Tensor, tokens: Tensor) -> None:
+        """Append each asking row's log-probability entry for its sampled token, before the token
+        is handed out. logits (B, V), temperature, top_k, tokens (B,)."""
+        asking = [row for row, generation in enumerate(rows) if generation.logprobs]
+        if not asking:
+            return
+        index = torch.tensor(asking)
+        k = max(rows[row].logprobs for row in asking)
+        entries = self.pipeline.log_prob_entries(logits.index_select(0, index),
+                                                 temperature.index_select(0, index),
+                                                 top_k.index_select(0, index),
+                                                 tokens.index_select(0, index), k)
+        for row, entry in zip(asking, entries, strict=True):
+            generation = rows[row]
+            entry["top"] = entry["top"][:generation.logprobs]
+            generation.log_probs.append(entry)
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only batch rows `rows` (in order)."""

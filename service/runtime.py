@@ -25,14 +25,15 @@ from models.artifact import METRICS_FILE, parameter_count, read_json
 from models.generator import CharGenerator
 from models.names import LABELS
 from models.quantize import with_precision
-from models.sentiment import EncodedText, SentimentClassifier
+from models.sentiment import EncodedText, SentimentClassifier, explanation, explanation_inputs
+from models.text import sentiment_tokens
 from models.translator import Translation, Translator
 from service import metrics
 from service.batching import Batcher
 from service.config import Settings
 from service.generation import GenerationLoop
 from service.integrity import stop_server_on_failure
-from service.schemas import SentimentResult, TranslationResult
+from service.schemas import ScoreResult, SentimentResult, TranslationResult
 from service.sessions import Sessions, bentoml_home, key_from, session_stream
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,22 @@ class TranslationJob:
     max_length: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """One /sentiment text with explain: true, as a single batcher item: its rows
+    (models.sentiment.explanation_inputs) run in the same model call."""
+
+    inputs: list[EncodedText]
+
+
+# per task: the endpoints that use its models, each with the options that look inside the model
+CAPABILITIES = {
+    sentiment_task.TASK: {"/sentiment": ["explain"]},
+    generator_task.TASK: {"/generate": ["logprobs"], "/generate_stream": ["logprobs"], "/score": []},
+    translator_task.TASK: {"/translate": ["return_attention"]},
+}
+
+
 def model_card(ref: bentoml.Model, task: str, module: torch.nn.Module) -> dict[str, Any]:
     """What /models says about one loaded model."""
     metrics_file = Path(ref.path) / METRICS_FILE
@@ -71,6 +88,7 @@ def model_card(ref: bentoml.Model, task: str, module: torch.nn.Module) -> dict[s
         "parameters": parameter_count(module),
         "config": dataclasses.asdict(module.config),
         "metrics": read_json(metrics_file) if metrics_file.is_file() else {},
+        "capabilities": CAPABILITIES[task],
     }
 
 
@@ -127,7 +145,12 @@ class Runtime:
             settings.state_ttl_s, settings.max_state_chars,
             {"parts": len(self.generator.module.init_state(1)), "num_layers": config.num_layers,
              "hidden_size": config.hidden_size, "vocab_size": config.vocab_size})
-        self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation]
+        # /score runs in the generation loop's thread, between its steps; its batches have a
+        # metrics label of their own, so the generator's steps per batch keep their meaning
+        self.score_batcher = Batcher(f"{refs.generator.tag.name}:score", self._score, **batching,
+                                     executor=self.generation.executor)
+        self._loops = [self.sentiment_batcher, *self.translate_batchers.values(), self.generation,
+                       self.score_batcher]
         self.started = False
         # The models are loaded for good: keep them out of every future garbage collection,
         # whose full passes otherwise stall the worker ~150 ms every few seconds under load.
@@ -167,8 +190,25 @@ class Runtime:
 
     # -- model calls, run by the batchers in their threads -------------------------------------
 
-    def _classify(self, sequences: list[EncodedText]) -> list[list[float]]:
-        return self.classifier.predict_ids(sequences).tolist()  # (B, C)
+    def _classify(self, items: list[EncodedText | Explanation]) -> list[list[float] | list[list[float]]]:
+        """Probabilities per text; per Explanation, those of each of its inputs (one model call)."""
+        if not any(type(item) is Explanation for item in items):
+            return self.classifier.predict_ids(items).tolist()  # (B, C)
+        rows = [text for item in items
+                for text in (item.inputs if type(item) is Explanation else (item,))]
+        probabilities = self.classifier.predict_ids(rows).tolist()  # (rows, C)
+        results, start = [], 0
+        for item in items:
+            if type(item) is Explanation:
+                results.append(probabilities[start:start + len(item.inputs)])
+                start += len(item.inputs)
+            else:
+                results.append(probabilities[start])
+                start += 1
+        return results
+
+    def _score(self, texts: list[tuple[list[int], int]]) -> list[list[float | None]]:
+        return self.generator.score_ids(texts)
 
     def _translation_runner(self, source: str):
         translator = self.translators[source]
@@ -187,25 +227,61 @@ class Runtime:
     def admit(self, endpoint: str) -> None:
         """Raise Overloaded when no model `endpoint` may use has room for one more item."""
         loops = {"sentiment": [self.sentiment_batcher], "translate": [*self.translate_batchers.values()],
-                 "generate": [self.generation], "generate_stream": [self.generation]}[endpoint]
+                 "generate": [self.generation], "generate_stream": [self.generation],
+                 "score": [self.score_batcher]}[endpoint]
         for loop in loops[1:]:
             if loop.queued() < loop.max_queue:
                 return
         loops[0].check_room(1)
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
-                 seed: int | None, endpoint: str, *, state: str | None, return_state: bool,
-                 sealed: list[str]) -> AsyncIterator[list[str]]:
-        """A generation's characters, continuing `state` and sealing its own (service.sessions)."""
+                 seed: int | None, endpoint: str, logprobs: int, *, state: str | None,
+                 return_state: bool, sealed: list[str]
+                 ) -> AsyncIterator[tuple[list[str], list[dict]]]:
+        """A generation's characters and their log-probability entries, continuing `state` and
+        sealing its own (service.sessions)."""
         return session_stream(self.sessions, self.generation, prompt, max_tokens, temperature,
-                              top_k, seed, endpoint, state=state, return_state=return_state,
-                              sealed=sealed)
+                              top_k, seed, endpoint, logprobs, state=state,
+                              return_state=return_state, sealed=sealed)
 
     async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
         self.sentiment_batcher.check_room(len(texts))  # before encoding: shedding must be cheap
         sequences = [self.classifier.encode(text) for text in texts]
         probabilities = await self.sentiment_batcher.submit(sequences, [len(s) for s in sequences])
         return [sentiment_result(p) for p in probabilities]
+
+    async def explain_sentiment(self, texts: list[str]) -> list[SentimentResult]:
+        """`sentiment`, with each text's tokens, trajectory and importance: one batcher item per
+        text, whose 2 x tokens inputs run as one model call (their width)."""
+        self.sentiment_batcher.check_room(len(texts))
+        tokens = [sentiment_tokens(text) for text in texts]
+        items: list[EncodedText | Explanation] = []
+        for text, words in zip(texts, tokens, strict=True):
+            encoded = self.classifier.encode(text)
+            items.append(Explanation(explanation_inputs(encoded)) if words else encoded)
+        # an Explanation's longest input is its whole text (len(words)); it needs 2 x that many rows
+        answers = await self.sentiment_batcher.submit(
+            items, [len(words) or 1 for words in tokens],
+            [len(item.inputs) if type(item) is Explanation else 1 for item in items])
+        results = []
+        for words, answer in zip(tokens, answers, strict=True):
+            if not words:  # the empty text: the prior, nothing read
+                results.append(sentiment_result(answer).model_copy(
+                    update={"tokens": [], "trajectory": [], "importance": []}))
+                continue
+            trajectory, importance = explanation(answer)
+            # the whole text is the last prefix: its row is the answer
+            results.append(sentiment_result(answer[len(words) - 1]).model_copy(
+                update={"tokens": words, "trajectory": trajectory, "importance": importance}))
+        return results
+
+    async def score(self, text: str, prompt: str) -> ScoreResult:
+        self.score_batcher.check_room(1)
+        job = self.generator.score_job(prompt, text)
+        [surprisal] = await self.score_batcher.submit([job], [len(job[0])])
+        known = [value for value in surprisal if value is not None]
+        return ScoreResult(nats_per_char=sum(known) / len(known) if known else None,
+                           surprisal=surprisal)
 
     async def translate(self, texts: list[str], source: str, beam_size: int, max_length: int | None,
                         return_attention: bool) -> list[TranslationResult]:

@@ -146,16 +146,17 @@ class Sessions:
 
 
 async def session_stream(sessions: Sessions, loop: GenerationLoop, prompt: str, max_tokens: int,
-                         temperature: float, top_k: int, seed: int | None, endpoint: str, *,
-                         state: str | None, return_state: bool,
-                         sealed: list[str]) -> AsyncIterator[list[str]]:
-    """loop.stream, continuing from `state` when given; with `return_state`, the final state's
-    token is appended to `sealed` once the last character is out. A refused state raises as the
-    stream's first item, so /generate_stream still answers it with its status."""
+                         temperature: float, top_k: int, seed: int | None, endpoint: str,
+                         logprobs: int = 0, *, state: str | None, return_state: bool,
+                         sealed: list[str]) -> AsyncIterator[tuple[list[str], list[dict]]]:
+    """loop.stream_with_log_probs, continuing from `state` when given; with `return_state`, the
+    final state's token is appended to `sealed` once the last character is out. A refused state
+    raises as the stream's first item, so /generate_stream still answers it with its status."""
     resume = sessions.open(state) if state is not None else None
     finals: list[SequenceState] = []
-    async for piece in loop.stream(prompt, max_tokens, temperature, top_k, seed, endpoint,
-                                   resume=resume, state_out=finals.append if return_state else None):
+    async for piece in loop.stream_with_log_probs(
+            prompt, max_tokens, temperature, top_k, seed, endpoint, logprobs, resume=resume,
+            state_out=finals.append if return_state else None):
         yield piece
     if return_state:
         if resume is None:

@@ -32,6 +32,11 @@ def message(text: str) -> str:
     return "".join(f"data: {line}\n" for line in LINE_BREAK.split(text)) + "\n"
 
 
+def data(content: object) -> str:
+    """One event carrying `content` as JSON: one data line (JSON escapes newlines)."""
+    return f"data: {json.dumps(content, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
 def end(tokens: int) -> str:
     return event("end", {"tokens": tokens})
 
@@ -45,9 +50,12 @@ def event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def event_stream(pieces: AsyncIterator[list[str]], response: Any, endpoint: str,
+async def event_stream(pieces: AsyncIterator[tuple[list[str], list[dict]]], response: Any,
+                       endpoint: str, with_log_probs: bool = False,
                        sealed: list[str] = ()) -> AsyncIterator[str]:
-    """The events of a generation whose characters `pieces` yields, for BentoML to stream.
+    """The events of a generation whose characters `pieces` yields with their log-probability
+    entries, for BentoML to stream: each piece's text in `data:` lines, or, `with_log_probs`,
+    one JSON line {"text", "logprobs"} per piece (as /generate answers them).
 
     BentoML waits for the first event before it answers, so an error before it still sets the
     answer: a client's error or an overload keeps its status and JSON body, as /generate
@@ -58,9 +66,10 @@ async def event_stream(pieces: AsyncIterator[list[str]], response: Any, endpoint
     """
     sent = 0
     try:
-        async for piece in pieces:
+        async for piece, log_probs in pieces:
             sent += len(piece)
-            yield message("".join(piece))
+            text = "".join(piece)
+            yield data({"text": text, "logprobs": log_probs}) if with_log_probs else message(text)
     except Exception as failure:
         status = failure.error_code.value if isinstance(failure, BentoMLException) else 500
         if sent:

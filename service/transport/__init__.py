@@ -43,7 +43,9 @@ REQUIRED = (
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_headers_complete", "limits.py"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_message_complete", "limits.py"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.send_400_response", "limits.py"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_response_complete", "limits.py"),
     ("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle.run_asgi", "limits.py"),
+    ("bentoml._internal.utils.circus", "Arbiter.__init__", "control.py"),
     ("_bentoml_sdk.method", "APIMethod", "direct.py (api.func, api.input_spec, api.output_spec)"),
 )
 
@@ -85,9 +87,10 @@ def version(distribution: str) -> str:
 
 def install(settings: Settings) -> None:
     """The process-level patches, from `settings`. Idempotent."""
-    from service.transport import limits, sockets, timeout, writes
+    from service.transport import control, limits, sockets, timeout, writes
 
     check_compatible()
+    control.use_private_endpoints()
     timeout.fix_bentoml_timeout_middleware()
     if settings.listen == "per-worker":
         sockets.balance_connections(settings.worker_count)  # in a worker, before BentoML wraps its socket
@@ -108,8 +111,8 @@ def wrap(service: Any, settings: Settings, direct: Iterable[str],
     when that endpoint's model has no room, before its body is read.
     """
     from service.transport.balance import ConnectionBalancer, worker_counts
-    from service.transport.direct import DirectEndpoints, JsonBodies
-    from service.transport.limits import BodyLimits
+    from service.transport.direct import DirectEndpoints, EarlyShedding, JsonBodies
+    from service.transport.limits import BodyLimits, answer_early
 
     # BentoML works out the media type of an answer that is a list (a root model) from its JSON
     # schema, which pydantic rebuilds for every response; these answers are always JSON.
@@ -124,3 +127,5 @@ def wrap(service: Any, settings: Settings, direct: Iterable[str],
     service.add_asgi_middleware(DirectEndpoints, apis={f"/{name}": service.apis[name] for name in direct},
                                 server_header=f"BentoML Service/{service.name}", admit=admit)
     service.add_asgi_middleware(JsonBodies, paths={f"/{name}" for name in service.apis})
+    answer_early(EarlyShedding({f"/{name}": name for name in direct}, admit,
+                               server_header=f"BentoML Service/{service.name}", token=settings.auth_token))

@@ -8,21 +8,26 @@ BentoML's middleware (metrics, access log, timeout), so /metrics and the HTTP co
 change. A breakpoint in BentoML's api_endpoint_wrapper is therefore never hit for these paths.
 
 Before it reads a body it asks `admit(endpoint)`, which raises Overloaded when the endpoint's
-model has no room: a shed request costs neither parsing nor encoding.
+model has no room: a shed request costs neither parsing nor encoding. `EarlyShedding` asks the
+same question earlier still, from the HTTP protocol once a request's headers are in (before
+BentoML's middleware: metrics, tracing, the timeout, our error counting), so that a flood of
+requests that will be refused costs the worker as little as possible.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.errors import RETRY_AFTER_S, Overloaded, shed_log
+from service.errors import RETRY_AFTER_S, Overloaded, count, shed_log
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +132,80 @@ async def answer(api: Any, body: bytes, path: str, as_list: TypeAdapter | None =
     except Exception:
         log.error("Exception on %s [POST]", path, exc_info=True)
         return 500, INTERNAL_ERROR, headers
+
+
+HOLD_S = 0.25  # how long a request may wait for room in a full queue before its 429
+
+
+class EarlyShedding:
+    """Called by the HTTP protocol (service.transport.limits) when a request's headers are in:
+    for a POST to one of `endpoints` whose model has no room, an ASGI app run instead of the
+    service's whole middleware stack; else None. That app waits up to HOLD_S for the queue to
+    make room (the model taking its next batch) and then hands the request to the service (`app`),
+    else it answers 429 with Retry-After. The wait costs nothing but a timer, and it keeps a
+    client that asks again at once from costing the worker a refusal every millisecond: with
+    refusals at their cheapest, a 64-text /sentiment flood still spent a third of the worker's
+    CPU on them (reports/reliability.md).
+
+    It counts the request in rnnserve_errors_total{kind="overloaded"} itself (ErrorCounting is
+    one of the layers it skips), and leaves a request without the right bearer token (when one
+    is set) to the stack, so that it still gets its 401.
+    """
+
+    def __init__(self, endpoints: Mapping[str, str], admit: Callable[[str], None], server_header: str,
+                 token: str = ""):
+        self.endpoints = {path.encode(): endpoint for path, endpoint in endpoints.items()}
+        self.admit = admit
+        self.expected = f"Bearer {token}".encode() if token else b""
+        self.headers = [(b"content-type", JSON), (b"server", server_header.encode()), RETRY_AFTER]
+
+    def __call__(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]],
+                 app: Any = None) -> Any:
+        endpoint = self.endpoints.get(path)
+        if endpoint is None or method != b"POST":
+            return None
+        if self.expected:
+            given = next((value for name, value in headers if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                return None
+        try:
+            self.admit(endpoint)
+        except Overloaded as error:
+            return self._hold_or_refuse(endpoint, error, app)
+        return None
+
+    def _hold_or_refuse(self, endpoint: str, error: Overloaded, app: Any) -> Any:
+        async def hold_or_refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            refusal = error
+            if app is not None and refusal.room is not None:
+                refusal = await self._wait_for_room(endpoint, refusal)
+                if refusal is None:
+                    await app(scope, receive, send)
+                    return
+            shed_log.warning("shed a request to /%s: %s", endpoint, refusal)
+            count(endpoint, "overloaded")
+            payload = json_body([{"error": str(refusal)}])
+            await send({"type": "http.response.start", "status": refusal.error_code.value,
+                        "headers": [*self.headers, (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+
+        return hold_or_refuse
+
+    async def _wait_for_room(self, endpoint: str, error: Overloaded) -> Overloaded | None:
+        """None once `endpoint` admits a request within HOLD_S, else the last refusal."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_S
+        while error.room is not None and (remaining := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(error.room.wait(), remaining)
+            except TimeoutError:
+                break
+            try:
+                self.admit(endpoint)
+                return None
+            except Overloaded as again:
+                error = again
+        return error
 
 
 class JsonBodies:

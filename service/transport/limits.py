@@ -6,11 +6,16 @@ the worker runs out of file descriptors, takes headers of any size and number, a
 parses any body. Two layers bound that:
 
 - `limit_connections` patches uvicorn's httptools protocol (the one uvicorn uses when httptools
-  is installed, as it is here): a per-worker connection cap (503 at once, then close), a deadline
+  is installed, as it is here): a per-worker connection cap, a deadline
   for a request's headers from its first byte, or from the connection's start (408), a cap on
   header bytes and on the header count (431), a deadline for the body once the headers are in
   (408), and an idle keep-alive timeout. These answer from the protocol, before any ASGI app
-  runs, and close the connection.
+  runs, and close the connection. At the cap, a new connection takes the place of the one that
+  has waited longest without a request under way (idle keep-alive, closed; or its headers still
+  to come, answered 503), as nginx reuses idle keep-alive connections when it runs
+  short; only when every connection has a request under way is the newcomer refused (503).
+  Without that, a client holding the cap with half-sent requests and reconnecting as each is
+  closed would leave no room for anyone else.
 - `BodyLimits`, ASGI middleware: a body over `max_body_bytes` gets 413 before it is read
   (Content-Length) or as soon as the streamed bytes pass it (chunked). It also makes a request
   whose client went away stop: the protocol cancels the request's task on connection loss, so
@@ -24,8 +29,12 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import httptools
 
 from service.errors import DISCONNECTED, RETRY_AFTER_S, TASK, trip
 
@@ -98,6 +107,11 @@ class LingeringTransport:
             return
         self._loop.call_later(LINGER_S, self._transport.close)
 
+    def close_now(self) -> None:
+        """Close without lingering: what was written still goes out first."""
+        self.lingering = True
+        self._transport.close()
+
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
@@ -123,6 +137,42 @@ class _Guard:
             self.timer = None
 
 
+class Waiting:
+    """This worker's connections with no request under way, longest waiting first: the ones a
+    new connection may take the place of at the cap."""
+
+    def __init__(self) -> None:
+        self._protocols: OrderedDict[Any, None] = OrderedDict()
+
+    def add(self, protocol: Any) -> None:
+        self._protocols[protocol] = None
+        self._protocols.move_to_end(protocol)
+
+    def discard(self, protocol: Any) -> None:
+        self._protocols.pop(protocol, None)
+
+    def oldest(self) -> Any | None:
+        return next(iter(self._protocols), None)
+
+    def __len__(self) -> int:
+        return len(self._protocols)
+
+
+WAITING = Waiting()  # one event loop per worker process: one registry
+
+# (method, path, headers, the service's app) -> an ASGI app to run for the request instead, or
+# None; set by `answer_early` (service.transport.direct.EarlyShedding)
+EarlyHook = Callable[[bytes, bytes, list[tuple[bytes, bytes]], Any], Any]
+_early: list[EarlyHook] = []
+
+
+def answer_early(hook: EarlyHook) -> None:
+    """Ask `hook` about every request once its headers are in; when it returns an ASGI app, that
+    app runs for the request in place of the service's middleware stack (it may call the stack,
+    which it is given)."""
+    _early[:] = [hook]
+
+
 def limit_connections(limits: Limits) -> None:
     """Patch uvicorn's HttpToolsProtocol with `limits`. Idempotent."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
@@ -134,9 +184,10 @@ def limit_connections(limits: Limits) -> None:
     made, lost, received = Protocol.connection_made, Protocol.connection_lost, Protocol.data_received
     on_message_begin, on_url, on_header = Protocol.on_message_begin, Protocol.on_url, Protocol.on_header
     on_headers_complete, on_message_complete = Protocol.on_headers_complete, Protocol.on_message_complete
-    send_400 = Protocol.send_400_response
+    on_response_complete, send_400 = Protocol.on_response_complete, Protocol.send_400_response
 
     def reject(self: Any, status: int, limit: str, message: str) -> None:
+        WAITING.discard(self)
         if self.transport.is_closing():
             return  # closed meanwhile (a timer that outlived its request)
         trip(limit, message)
@@ -161,13 +212,37 @@ def limit_connections(limits: Limits) -> None:
         self._rnnserve = _Guard()
         self.transport = LingeringTransport(self.transport, self.loop, self._rnnserve)
         self.timeout_keep_alive = limits.keepalive_timeout_s
-        if len(self.connections) > limits.max_connections:
+        if len(self.connections) > limits.max_connections and not make_room():
             reject(self, 503, "connections", f"this worker holds {limits.max_connections} connections, "
-                   "its limit (RNNSERVE_MAX_CONNECTIONS); retry later")
+                   "its limit (RNNSERVE_MAX_CONNECTIONS), each with a request under way; retry later")
             return
+        WAITING.add(self)
         header_deadline(self)
 
+    def make_room() -> bool:
+        """Close the connection that has waited longest with no request under way, if any."""
+        victim = WAITING.oldest()
+        if victim is None:
+            return False
+        WAITING.discard(victim)
+        guard = victim._rnnserve
+        guard.cancel_timer()
+        if guard.phase == "headers":  # its request not (wholly) here yet
+            message = (f"this worker holds {limits.max_connections} connections, its limit "
+                       "(RNNSERVE_MAX_CONNECTIONS), and this request was the slowest to arrive; "
+                       "retry later")
+            trip("connections", message)
+            victim.transport.write(raw_answer(503, message, retry_after=True))
+        else:
+            trip("connections", "an idle keep-alive connection closed to make room "
+                 f"(RNNSERVE_MAX_CONNECTIONS={limits.max_connections})")
+        guard.phase = "rejected"
+        # at once, not lingering: a flood of connections must not hold more descriptors than the cap
+        victim.transport.close_now()
+        return True
+
     def connection_lost(self: Any, exc: Exception | None) -> None:
+        WAITING.discard(self)
         guard = getattr(self, "_rnnserve", None)
         if guard is not None:
             guard.cancel_timer()
@@ -223,16 +298,31 @@ def limit_connections(limits: Limits) -> None:
         on_url(self, url)
 
     def headers_complete(self: Any) -> None:
+        WAITING.discard(self)  # a request is under way
         guard = self._rnnserve
         guard.cancel_timer()
         guard.phase = "body"
-        on_headers_complete(self)
+        early = _early[0](self.parser.get_method(), httptools.parse_url(self.url).path,
+                          self.headers, self.app) if _early else None
+        if early is None:
+            on_headers_complete(self)
+            return
+        app, self.app = self.app, early  # uvicorn picks its app here, as for its own limit_concurrency
+        try:
+            on_headers_complete(self)
+        finally:
+            self.app = app
 
     def message_complete(self: Any) -> None:
         guard = self._rnnserve
         guard.cancel_timer()
         guard.phase = "done"
         on_message_complete(self)
+
+    def response_complete(self: Any) -> None:
+        on_response_complete(self)
+        if not self.transport.is_closing() and not getattr(self, "pipeline", None):
+            WAITING.add(self)  # idle until its next request
 
     def send_400_response(self: Any, msg: str) -> None:
         guard = getattr(self, "_rnnserve", None)
@@ -254,6 +344,7 @@ def limit_connections(limits: Limits) -> None:
     Protocol.on_header = header
     Protocol.on_headers_complete = headers_complete
     Protocol.on_message_complete = message_complete
+    Protocol.on_response_complete = response_complete
     Protocol.send_400_response = send_400_response
 
 

@@ -51,6 +51,8 @@ def built(tiny_shipped_dir, tmp_path_factory) -> dict:
 def test_bento_holds_the_service_and_model_code(built):
     src = built["path"] / "src"
     assert (src / "service" / "app.py").is_file()
+    for page in ("index.html", "playground.js", "charts.js", "playground.css"):  # served as they are
+        assert (src / "service" / "static" / "playground" / page).is_file()
     for module in ("artifact", "vocab", "sentiment", "generator", "translator"):
         assert (src / "models" / f"{module}.py").is_file()
     # Neither tests, training code, datasets nor the shipped artifacts travel as source.

@@ -13,6 +13,8 @@ from models.generator import (
     check_sampling,
     clamp_top_k,
     sample_next,
+    sampled_log_probs,
+    sampling_logits,
 )
 from models.rnn import CELLS
 from models.vocab import SPECIALS, UNK_ID
@@ -210,3 +212,75 @@ def test_options_no_model_can_honour_are_refused(generator, temperature, top_k):
         check_sampling(temperature, top_k)
     with pytest.raises(ValueError):
         generator.generate("a", 3, temperature, top_k, seed=1)
+
+
+# -- log-probabilities and scoring ----------------------------------------------------------------
+
+
+def test_sampled_log_probs_are_those_of_the_distribution_sampled_from():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 12)
+    temperature, top_k = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0, 3, 0])
+    probs = torch.softmax(sampling_logits(logits, temperature, top_k)[0], dim=-1)
+    tokens = sample_next(logits, temperature, top_k, [torch.Generator().manual_seed(i) for i in range(3)])
+    chosen, top_values, top_ids = sampled_log_probs(logits, temperature, top_k, tokens, 5)
+    assert torch.allclose(chosen.exp(), probs.gather(1, tokens[:, None])[:, 0])
+    assert torch.allclose(top_values.exp(), probs.topk(5, dim=-1).values)
+    # top-k 3: the other alternatives are impossible, specials always are
+    assert torch.isinf(top_values[1, 3:]).all() and torch.isfinite(top_values[1, :3]).all()
+    assert not (top_ids[0] < len(SPECIALS)).any()
+
+
+def test_log_prob_entries_list_only_possible_alternatives(tiny_generator):
+    logits, _ = tiny_generator.prime("to be")
+    temperature, top_k = torch.tensor([0.7]), torch.tensor([2])
+    token = sample_next(logits[None], temperature, top_k, [torch.Generator().manual_seed(1)])
+    [entry] = tiny_generator.log_prob_entries(logits[None], temperature, top_k, token, 5)
+    assert entry["char"] == tiny_generator.decode(token.tolist())
+    assert len(entry["top"]) == 2  # top_k 2 leaves two characters possible
+    assert entry["char"] in [t["char"] for t in entry["top"]]
+    assert entry["logprob"] <= 0 and entry["top"][0]["logprob"] >= entry["top"][1]["logprob"]
+
+
+def test_score_is_the_surprisal_of_each_character_after_the_prompt(tiny_generator):
+    prompt, text = "ab", "cd e"
+    surprisal = tiny_generator.score(text, prompt)
+    assert len(surprisal) == len(text)
+    ids = tiny_generator.encode(prompt + text)
+    with torch.inference_mode():
+        logits, _ = tiny_generator.module(torch.tensor([ids]))  # (1, S, V)
+    for j, value in enumerate(surprisal):
+        position = len(prompt) + j - 1
+        distribution, _ = sampling_logits(logits[:, position], torch.ones(1),
+                                          torch.zeros(1, dtype=torch.long))
+        expected = -torch.log_softmax(distribution, -1)[0, ids[position + 1]]
+        assert value == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_score_equals_the_log_probs_of_a_seeded_generation_at_temperature_1(tiny_generator):
+    text = tiny_generator.generate("the ", max_tokens=40, temperature=1.0, top_k=0, seed=5)
+    logits, state = tiny_generator.prime("the ")
+    log_probs = []
+    with torch.inference_mode():
+        for char in text:
+            token = torch.tensor(tiny_generator.encode(char))
+            chosen, _, _ = sampled_log_probs(logits.reshape(1, -1), torch.ones(1),
+                                             torch.zeros(1, dtype=torch.long), token, 1)
+            log_probs.append(float(chosen[0]))
+            logits, state = tiny_generator.module.step(token, state)
+    assert [-s for s in tiny_generator.score(text, "the ")] == pytest.approx(log_probs, abs=1e-4)
+
+
+def test_score_gives_none_for_characters_outside_the_vocabulary(tiny_generator):
+    surprisal = tiny_generator.score("a\u00e9b", "")
+    assert surprisal[1] is None and surprisal[0] is not None and surprisal[2] is not None
+
+
+def test_scoring_in_a_batch_equals_scoring_alone(tiny_generator):
+    pairs = (("", "a"), ("hello ", "world, and more"), ("x", "yz"))
+    jobs = [tiny_generator.score_job(prompt, text) for prompt, text in pairs]
+    with torch.inference_mode():
+        together = tiny_generator.score_ids(jobs)
+        alone = [tiny_generator.score_ids([job])[0] for job in jobs]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched == pytest.approx(single, abs=1e-5)

@@ -16,6 +16,8 @@ from models.sentiment import (
     SentimentClassifier,
     SentimentConfig,
     SentimentRNN,
+    explanation,
+    explanation_inputs,
     subword_ids,
 )
 from models.vocab import PAD_ID, UNK_ID
@@ -234,3 +236,34 @@ def test_projected_path_is_for_float32_lstms_only(cell):
     assert not projected_lstm.ProjectedLSTM.supports(with_precision(lstm, "bfloat16"))
     with pytest.raises(ValueError, match="float32 single-layer LSTM"):
         projected_lstm.ProjectedLSTM(with_precision(lstm, "float16"), lstm_classifier().vocab)
+
+
+# -- explanations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subword_buckets", [0, 64])
+def test_explanation_inputs_are_the_prefixes_then_the_texts_with_one_word_left_out(subword_buckets):
+    classifier = make_tiny_sentiment(cell="lstm", subword_buckets=subword_buckets)
+    text = classifier.encode("good film but dull plot")
+    inputs = explanation_inputs(text)
+    assert [len(t) for t in inputs] == [1, 2, 3, 4, 5] + [4] * 5
+    assert inputs[4] == text
+    assert inputs[5 + 2].words == text.words[:2] + text.words[3:]
+    if subword_buckets:
+        assert inputs[5 + 2].subwords == text.subwords[:2] + text.subwords[3:]
+    # a one-word text left empty reads as the empty text: the prior
+    assert explanation_inputs(classifier.encode("good"))[1] == classifier.encode("")
+
+
+def test_explanation_trajectory_ends_at_the_answer_and_importance_is_occlusion():
+    classifier = make_tiny_sentiment(cell="lstm", subword_buckets=64)
+    text = "the plot was long but the actor was great"
+    inputs = explanation_inputs(classifier.encode(text))
+    probabilities = classifier.predict_ids(inputs).tolist()
+    trajectory, importance = explanation(probabilities)
+    positive = LABELS.index("positive")
+    whole = classifier.predict_proba([text])[0, positive].item()
+    assert len(trajectory) == len(importance) == 9
+    assert trajectory[-1] == pytest.approx(whole, abs=1e-6)
+    without_great = classifier.predict_proba(["the plot was long but the actor was"])[0, positive].item()
+    assert importance[-1] == pytest.approx(whole - without_great, abs=1e-6)

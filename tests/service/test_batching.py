@@ -275,7 +275,11 @@ def test_a_full_queue_answers_overloaded():
         with pytest.raises(Overloaded, match="limit 4") as error:
             await batcher.submit([4, 5], [1, 1])
         assert error.value.error_code == 429
+        room = error.value.room
+        assert not room.is_set()
         recorder.release.set()
+        await asyncio.wait_for(room.wait(), 10)  # the next batch took the queued items
+        batcher.check_room(2)  # and there is room again
         await asyncio.gather(first, queued)
         await batcher.close()
 

@@ -46,9 +46,9 @@ async def run(loop: GenerationLoop, sessions: Sessions, prompt: str, max_tokens:
               top_k: int = 0) -> tuple[str, str]:
     """(text, the state token it ended in)."""
     sealed: list[str] = []
-    chunks = [c async for c in session_stream(sessions, loop, prompt, max_tokens, temperature,
-                                              top_k, seed, "generate", state=state,
-                                              return_state=True, sealed=sealed)]
+    chunks = [c async for c, _ in session_stream(sessions, loop, prompt, max_tokens, temperature,
+                                                 top_k, seed, "generate", state=state,
+                                                 return_state=True, sealed=sealed)]
     return "".join(ch for chunk in chunks for ch in chunk), sealed[0]
 
 

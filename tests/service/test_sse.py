@@ -48,10 +48,12 @@ def test_end_and_error_are_named_events_with_json_data():
 # -- event_stream on a stand-in generation --------------------------------------------------
 
 
-async def generation(pieces: list[str], error: Exception | None = None) -> AsyncIterator[list[str]]:
-    """Yields `pieces` as the generation loop does (lists of characters), then raises `error`."""
+async def generation(pieces: list[str], error: Exception | None = None
+                     ) -> AsyncIterator[tuple[list[str], list[dict]]]:
+    """Yields `pieces` as the generation loop does (lists of characters, with their log-probability
+    entries: none here), then raises `error`."""
     for piece in pieces:
-        yield list(piece)
+        yield list(piece), []
     if error is not None:
         raise error
 

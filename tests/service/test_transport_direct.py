@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service import metrics
 from service.errors import ErrorCounting, Overloaded
-from service.transport.direct import DirectEndpoints
+from service.transport.direct import DirectEndpoints, EarlyShedding
 from service.transport.timeout import fix_bentoml_timeout_middleware
 
 
@@ -260,3 +260,73 @@ def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline():
 
     with pytest.raises(TimeoutError, match="the app's own"):
         through_timeout(times_out_itself, timeout=60)
+
+
+def test_early_shedding_answers_a_full_models_post_and_lets_everything_else_through(monkeypatch):
+    monkeypatch.setitem(FULL, "now", True)
+    shedding = EarlyShedding({"/echo": "echo"}, admit, server_header="BentoML Service/Test")
+    assert shedding(b"GET", b"/echo", []) is None
+    assert shedding(b"POST", b"/other", []) is None
+    before = metrics.errors.labels("echo", "overloaded")._value.get()
+    refuse = shedding(b"POST", b"/echo", [])
+    status, headers, body = call(refuse, "POST", "/echo", b'{"text": "hi"}')
+    assert metrics.errors.labels("echo", "overloaded")._value.get() == before + 1
+    assert (status, json.loads(body)) == (429, [{"error": "echo: 9 items queued, limit 9; retry later"}])
+    assert headers[b"retry-after"] == b"1" and int(headers[b"content-length"]) == len(body)
+    FULL["now"] = False
+    assert shedding(b"POST", b"/echo", []) is None  # room again: the service answers
+
+
+def test_early_shedding_leaves_a_request_without_the_token_to_get_its_401(monkeypatch):
+    monkeypatch.setitem(FULL, "now", True)
+    shedding = EarlyShedding({"/echo": "echo"}, admit, server_header="S", token="t0ken")
+    assert shedding(b"POST", b"/echo", []) is None
+    assert shedding(b"POST", b"/echo", [(b"authorization", b"Bearer wrong")]) is None
+    assert shedding(b"POST", b"/echo", [(b"authorization", b"Bearer t0ken")]) is not None
+
+
+def test_early_shedding_holds_a_request_until_the_queue_makes_room_then_hands_it_on():
+    room = asyncio.Event()
+    full = {"now": True}
+
+    def admit_with_room(endpoint: str) -> None:
+        if full["now"]:
+            raise Overloaded(f"{endpoint}: full", room=room)
+
+    async def service(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    shedding = EarlyShedding({"/echo": "echo"}, admit_with_room, server_header="S")
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        hold = shedding(b"POST", b"/echo", [], service)
+        task = asyncio.create_task(hold({"type": "http", "path": "/echo"}, None, send))
+        await asyncio.sleep(0)
+        assert not task.done() and sent == []  # waiting for room, nothing answered
+        full["now"] = False
+        room.set()  # the model took a batch
+        await task
+
+    asyncio.run(scenario())
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"served"
+
+
+def test_early_shedding_refuses_after_holding_when_no_room_comes(monkeypatch):
+    monkeypatch.setattr("service.transport.direct.HOLD_S", 0.01)
+    room = asyncio.Event()
+
+    def never_room(endpoint: str) -> None:
+        raise Overloaded(f"{endpoint}: still full", room=room)
+
+    async def service(scope, receive, send):
+        raise AssertionError("a refused request must not reach the service")
+
+    hold = EarlyShedding({"/echo": "echo"}, never_room, server_header="S")(b"POST", b"/echo", [], service)
+    status, headers, body = call(hold, "POST", "/echo", b"{}")
+    assert (status, json.loads(body)) == (429, [{"error": "echo: still full"}])
+    assert headers[b"retry-after"] == b"1"

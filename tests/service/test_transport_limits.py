@@ -136,6 +136,22 @@ def test_connections_over_the_cap_get_503_and_the_rest_are_served(server):
     assert served(server)
 
 
+def test_at_the_cap_a_new_client_takes_the_place_of_the_longest_waiting_half_sent_request(server):
+    held = []
+    try:
+        for _ in range(40):  # the cap, every connection with a request begun and left
+            connection = socket.create_connection(address(server), timeout=10)
+            connection.sendall(b"GET /livez HTTP/1.1\r\n")
+            held.append(connection)
+        assert served(server)  # a new client is served at once, not refused
+        oldest = read_to_close(held[0])
+        assert oldest.startswith(b"HTTP/1.1 503") and b"slowest to arrive" in oldest
+        assert read_to_close(held[-1]).startswith(b"HTTP/1.1 408")  # the newest waited its time
+    finally:
+        for connection in held:
+            connection.close()
+
+
 def read_to_close(connection: socket.socket) -> bytes:
     received = b""
     while chunk := connection.recv(65536):
