@@ -176,3 +176,24 @@ def test_the_key_is_made_once_private_and_shared(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "rnnserve_state_key").st_mode) == 0o600
     assert key_from("set", tmp_path) == b"set"
     assert [p.name for p in tmp_path.iterdir()] == ["rnnserve_state_key"]
+
+
+def test_a_continuation_gives_log_probabilities_for_exactly_its_characters(generator):
+    sessions = sessions_for(generator)
+
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10)
+        loop.start()
+        _, token = await run(loop, sessions, "To be", 10, seed=3)
+        sealed: list[str] = []
+        pieces = [p async for p in session_stream(sessions, loop, "", 25, 0.8, 0, None, "generate",
+                                                  2, state=token, return_state=True, sealed=sealed)]
+        plain, _ = await run(loop, sessions, "", 25, None, state=token)
+        await loop.close()
+        return pieces, plain, sealed
+
+    pieces, plain, sealed = asyncio.run(scenario())
+    text = "".join(ch for chars, _ in pieces for ch in chars)
+    entries = [entry for _, log_probs in pieces for entry in log_probs]
+    assert text == plain and [entry["char"] for entry in entries] == list(text)
+    assert len(sealed) == 1
