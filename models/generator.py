@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.rnn import State, from_state, make_rnn, recurrence, run_rnn, to_state
+from models.sequence_state import SequenceState
 from models.vocab import PAD_ID, SPECIALS, UNK_ID, Vocab
 
 TASK = "generator"
@@ -168,6 +169,16 @@ class CharGenerator:
         """Run the prompt through the model: logits for the first new character (V,), state."""
         ids = torch.tensor([self.encode(prompt)])  # (1, P)
         logits, state = self.module(ids)
+        return logits[0, -1], state
+
+    @torch.inference_mode()
+    def resume(self, sequence: SequenceState, prompt: str) -> tuple[Tensor, State]:
+        """Continue from a saved sequence: read its pending character, then `prompt` (which may
+        be empty: nothing more). Logits for the next character (V,), and the state."""
+        like = self.module.init_state(1)[0]
+        state = tuple(part.to(like.dtype) for part in sequence.state)  # (L, 1, H) each
+        ids = torch.tensor([[sequence.pending, *(self.encode(prompt) if prompt else [])]])  # (1, 1 + P)
+        logits, state = self.module(ids, state)
         return logits[0, -1], state
 
     @torch.inference_mode()

@@ -108,35 +108,40 @@ class RNNServe:
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate(self, prompt: str, max_tokens: int = 200, temperature: float = 0.8,
-                       top_k: int = 0, seed: int | None = None, logprobs: int = 0) -> GenerateResult:
+                       top_k: int = 0, seed: int | None = None, logprobs: int = 0,
+                       return_state: bool = False, state: str | None = None) -> GenerateResult:
         """The continuation of `prompt` (without it). The same seed gives the same text.
         With logprobs k: each character's log-probability and the k likeliest alternatives
-        (see them in the [playground](/playground/#generation))."""
+        (see them in the [playground](/playground/#generation)). `state` continues an earlier
+        generation; `return_state` answers one (service.sessions)."""
         chars: list[str] = []
-        if logprobs:
-            entries: list[dict] = []
-            async for piece, log_probs in self.runtime.generation.stream_with_log_probs(
-                    prompt, max_tokens, temperature, top_k, seed, "generate", logprobs):
-                chars.extend(piece)
-                entries.extend(log_probs)
-            return GenerateResult(text="".join(chars), tokens=len(chars),
-                                  logprobs=[CharLogProb(**entry) for entry in entries])
-        async for piece in self.runtime.generation.stream(prompt, max_tokens, temperature, top_k,
-                                                          seed, "generate"):
+        entries: list[dict] = []
+        sealed: list[str] = []
+        async for piece, log_probs in self.runtime.generate(
+                prompt, max_tokens, temperature, top_k, seed, "generate", logprobs, state=state,
+                return_state=return_state, sealed=sealed):
             chars.extend(piece)
-        return GenerateResult(text="".join(chars), tokens=len(chars))
+            entries.extend(log_probs)
+        return GenerateResult(
+            text="".join(chars), tokens=len(chars),
+            logprobs=[CharLogProb(**entry) for entry in entries] if logprobs else None,
+            state=sealed[0] if sealed else None)
 
     @bentoml.api(input_spec=REQUESTS.generate)
     async def generate_stream(self, ctx: bentoml.Context, prompt: str, max_tokens: int = 200,
                               temperature: float = 0.8, top_k: int = 0, seed: int | None = None,
-                              logprobs: int = 0) -> AsyncGenerator[str, None]:
+                              logprobs: int = 0, return_state: bool = False,
+                              state: str | None = None) -> AsyncGenerator[str, None]:
         """/generate's continuation as Server-Sent Events, sent as it is generated: the text in
         `data:` events (with logprobs k, one JSON line {"text", "logprobs"} each), then
-        `event: end`, or `event: error` with a JSON reason (service.sse)."""
-        pieces = self.runtime.generation.stream_with_log_probs(prompt, max_tokens, temperature, top_k,
-                                                               seed, "generate_stream", logprobs)
+        `event: state` when asked, then `event: end`, or `event: error` with a JSON reason
+        (service.sse)."""
+        sealed: list[str] = []
+        pieces = self.runtime.generate(prompt, max_tokens, temperature, top_k, seed,
+                                       "generate_stream", logprobs, state=state,
+                                       return_state=return_state, sealed=sealed)
         async for event in sse.event_stream(pieces, ctx.response, "generate_stream",
-                                            with_log_probs=bool(logprobs)):
+                                            with_log_probs=bool(logprobs), sealed=sealed):
             yield event
 
     @bentoml.api(input_spec=REQUESTS.translate)

@@ -167,6 +167,17 @@ class Settings:
                               "time), which costs /sentiment ~8% of its requests/s at c=64; /metrics "
                               "counts requests by endpoint and status either way, and errors are "
                               "logged either way", choices=("on", "off"))
+    # generation sessions (service/sessions.py)
+    state_key: str = setting("", "the key that signs generation states (HMAC-SHA256); every "
+                             "replica that should continue another's sessions needs the same one. "
+                             "Unset: a random key made once in $BENTOML_HOME/rnnserve_state_key "
+                             "(mode 0600), shared by the workers and kept across restarts. "
+                             "Changing it refuses every state issued before (400)")
+    state_ttl_s: float = setting(86400.0, "a state returned by return_state can be continued for "
+                                 "this long; later 410", 1)
+    max_state_chars: int = setting(32768, "most characters in a `state` (the shipped generator's "
+                                   "tokens are ~16,000); longer: 400. A model whose state would "
+                                   "not fit fails return_state with 500", 64)
     # request limits
     max_texts: int = setting(64, "most texts in one /sentiment or /translate request", 1)
     max_sentiment_chars: int = setting(1000, "most characters in one /sentiment text", 1)

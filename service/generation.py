@@ -20,6 +20,10 @@ are run one by one and only the row that raises fails. A row alone computes what
 the batch, and sampling raises before any row draws, so every other sequence's text is the one
 it would have been.
 
+A sequence can also go on from a saved one (service.sessions): it joins by reading only its
+pending character and any new prompt from the saved state, never its history, and a row that
+finishes and asked for its state leaves it (models.sequence_state) before its row is dropped.
+
 A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
 Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
 until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
@@ -44,6 +48,7 @@ from torch import Tensor
 
 from models.generator import CharGenerator, check_sampling, clamp_top_k, sample_next
 from models.rnn import State, cat_states, select_state
+from models.sequence_state import SequenceState
 from service import metrics
 from service.batching import ModelLoop
 from service.errors import Overloaded
@@ -96,6 +101,11 @@ class Generation:
     produced: int = 0  # characters sampled (executor thread)
     sent: int = 0  # characters handed to the client's queue (event loop)
     abandoned: bool = False  # the client went away: drop the row at the next step
+    # sessions (service.sessions): the saved sequence it continues, whether to save its final
+    # one, and that final sequence (set in the executor thread before its end is published)
+    resume: SequenceState | None = None
+    return_state: bool = False
+    final: SequenceState | None = None
     logprobs: int = 0  # alternatives per character in log_probs (0: no log_probs)
     # with logprobs: one entry per sampled character (models.generator.CharGenerator.
     # log_prob_entries), appended by the executor thread before the character is handed out
@@ -176,17 +186,26 @@ class GenerationLoop(ModelLoop):
         return len(self._pending)
 
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
-                     seed: int | None, endpoint: str) -> AsyncIterator[list[str]]:
+                     seed: int | None, endpoint: str, *, resume: SequenceState | None = None,
+                     state_out: Callable[[SequenceState], None] | None = None,
+                     ) -> AsyncIterator[list[str]]:
         """The characters of one continuation, in lists of those ready together."""
         async for chars, _ in self.stream_with_log_probs(prompt, max_tokens, temperature, top_k,
-                                                         seed, endpoint, 0):
+                                                         seed, endpoint, 0, resume=resume,
+                                                         state_out=state_out):
             yield chars
 
     async def stream_with_log_probs(self, prompt: str, max_tokens: int, temperature: float,
-                                    top_k: int, seed: int | None, endpoint: str, logprobs: int
+                                    top_k: int, seed: int | None, endpoint: str, logprobs: int,
+                                    *, resume: SequenceState | None = None,
+                                    state_out: Callable[[SequenceState], None] | None = None,
                                     ) -> AsyncIterator[tuple[list[str], list[dict]]]:
         """`stream`, with each list of characters their log-probability entries (none when
-        `logprobs` is 0)."""
+        `logprobs` is 0).
+
+        With `resume`, the sequence goes on from that saved state (its sampler too, unless a
+        seed is given); with `state_out`, it is called with the final state before the end.
+        """
         if not self.running:
             raise RuntimeError(f"the {self.model} generation loop is not running")
         try:  # the schema keeps these out; a caller that skips it must not reach the batch
@@ -198,11 +217,15 @@ class GenerationLoop(ModelLoop):
             raise InvalidArgument(str(error)) from None
         self.check_room(1)
         self.check_deadline(max_tokens)
-        seed = secrets.randbits(63) if seed is None else seed
+        generator = torch.Generator()
+        if seed is None and resume is not None:
+            generator.set_state(resume.rng)
+        else:
+            generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         generation = Generation(prompt, max_tokens, temperature,
                                 clamp_top_k(top_k, self.pipeline.module.config.vocab_size),
-                                torch.Generator().manual_seed(seed), endpoint, time.perf_counter(),
-                                logprobs=logprobs)
+                                generator, endpoint, time.perf_counter(), logprobs=logprobs,
+                                resume=resume, return_state=state_out is not None)
         self._pending.append(generation)
         self._wakeup.set()
         read = 0  # characters yielded
@@ -219,6 +242,8 @@ class GenerationLoop(ModelLoop):
                 if isinstance(end, BaseException):
                     raise end
                 if end is None:
+                    if state_out is not None and generation.final is not None:
+                        state_out(generation.final)
                     return
         finally:
             generation.abandoned = True
@@ -316,7 +341,10 @@ class GenerationLoop(ModelLoop):
                 self._metrics.input_length.observe(
                     len(self.pipeline.encode(generation.prompt)))
                 try:
-                    logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)
+                    if generation.resume is not None:  # its history is in the state: not read again
+                        logits, state = self.pipeline.resume(generation.resume, generation.prompt)
+                    else:
+                        logits, state = self.pipeline.prime(generation.prompt)  # (V,), (L, 1, H)
                     self._join(generation, logits, state, joined)
                 except Exception as error:
                     log.exception("%s: a sequence could not join", self.model)
@@ -351,9 +379,7 @@ class GenerationLoop(ModelLoop):
             return
         self._record_log_probs(self._active, logits, self._temperature, self._top_k, tokens)
         self._state, self._tokens = state, tokens
-        self._keep([row for row, (generation, token)
-                    in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
-                    if self._emit(generation, token, steps)])
+        self._keep(self._emit_rows(steps))
 
     def _step_rows_alone(self, steps: _Steps) -> None:
         """_step for each row on its own: a row that raises fails alone; the others get what the
@@ -386,9 +412,20 @@ class GenerationLoop(ModelLoop):
         self._active = [self._active[row] for row in kept]
         self._state = cat_states(states)
         self._tokens = torch.cat(tokens)  # (B',)
-        self._keep([row for row, (generation, token)
-                    in enumerate(zip(self._active, self._tokens.tolist(), strict=True))
-                    if self._emit(generation, token, steps)])
+        self._keep(self._emit_rows(steps))
+
+    def _emit_rows(self, steps: _Steps) -> list[int]:
+        """_emit each row's new character; the rows that go on. A row that finishes and asked
+        for its state leaves it on its Generation first, while the batch still holds it."""
+        kept: list[int] = []
+        for row, (generation, token) in enumerate(zip(self._active, self._tokens.tolist(),
+                                                      strict=True)):
+            if self._emit(generation, token, steps):
+                kept.append(row)
+            elif generation.return_state:
+                generation.final = _saved(generation, select_state(self._state, torch.tensor([row])),
+                                          token)
+        return kept
 
     def _emit(self, generation: Generation, token: int, steps: _Steps) -> bool:
         """Record one sampled character. Whether the sequence goes on."""
@@ -406,6 +443,8 @@ class GenerationLoop(ModelLoop):
         token = sample_next(logits[None], temperature, top_k, [generation.generator])  # (1,)
         self._record_log_probs([generation], logits[None], temperature, top_k, token)
         if not self._emit(generation, int(token[0]), steps):
+            if generation.return_state:
+                generation.final = _saved(generation, state, int(token[0]))
             return
         if not self._active:
             self._state, self._tokens, self._temperature, self._top_k = state, token, temperature, top_k
@@ -454,3 +493,10 @@ class GenerationLoop(ModelLoop):
         self._tokens = torch.empty(0, dtype=torch.long)
         self._temperature = torch.empty(0)
         self._top_k = torch.empty(0, dtype=torch.long)
+
+
+def _saved(generation: Generation, state: State, token: int) -> SequenceState:
+    """What continuing `generation` needs: its state (L, 1, H) before reading its last sampled
+    `token`, that token, and its sampler's position."""
+    return SequenceState(tuple(part.float().clone() for part in state), token,
+                         generation.generator.get_state())

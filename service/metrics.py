@@ -51,6 +51,10 @@ limit_rejections = Counter("rnnserve_limit_rejections", "Requests and connection
                            "limit (connections, header_timeout, header_bytes, headers, body_timeout, "
                            "body_bytes, unauthorized), and requests whose client went away "
                            "(disconnected)", ["limit"])
+sessions = Counter("rnnserve_sessions", "Generation sessions by event: started (a first "
+                   "state returned), continued, expired (410), refused (400 or 409)", ["event"])
+state_bytes = Histogram("rnnserve_state_bytes", "Characters of each state token returned",
+                        buckets=tuple(2.0**i for i in range(10, 18)))
 model_info = Gauge("rnnserve_model_info", "1 for every loaded model", ["model", "tag", "task", "cell"],
                    multiprocess_mode="livemax")
 

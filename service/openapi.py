@@ -76,8 +76,9 @@ ANY_PATH_ERRORS = {
 }
 # The model endpoints besides.
 MODEL_ERRORS = {
-    "400": {"description": "the body is not valid JSON for the schema (ValidationFailed), or an "
-                           "option the model cannot honour (Errors)",
+    "400": {"description": "the body is not valid JSON for the schema (ValidationFailed), an "
+                           "option the model cannot honour, or a `state` not issued by this "
+                           "service or altered (Errors)",
             "content": {"application/json": {"schema": {"oneOf": [
                 {"$ref": SCHEMAS + "ValidationFailed"}, {"$ref": SCHEMAS + "Errors"}]}}}},
     "429": _json("Errors", "the model's queue is full (RNNSERVE_MAX_QUEUE), or a generation could "
@@ -86,9 +87,17 @@ MODEL_ERRORS = {
     "504": _json("Error", "not answered within RNNSERVE_TIMEOUT_S"),
 }
 
+# /generate and /generate_stream besides: a `state` that cannot be continued (service.sessions).
+STATE_ERRORS = {
+    "409": _json("Errors", "`state` was made by another model (both tags named): start a new session"),
+    "410": _json("Errors", "`state` is older than RNNSERVE_STATE_TTL_S: start a new session"),
+}
+SESSION_PATHS = ("/generate", "/generate_stream")
+
 STREAM_DESCRIPTION = (
     "Server-Sent Events: the text in events of the default type, one `data:` line per line of a "
-    "piece; then `event: end` with data {\"tokens\": n}, or, when generation fails after the "
+    "piece; with return_state, `event: state` with data {\"state\": token}; then `event: end` "
+    "with data {\"tokens\": n}, or, when generation fails after the "
     "first event, `event: error` with data {\"error\": reason, \"status\": code}. A request "
     "refused before its first event gets its status and JSON body instead.")
 
@@ -149,6 +158,8 @@ def document(service: Any) -> dict[str, Any]:
             responses.update(ANY_PATH_ERRORS)
             if path in model_paths:
                 responses.update(MODEL_ERRORS)
+            if path in SESSION_PATHS:
+                responses.update(STATE_ERRORS)
             operation["responses"] = dict(sorted(responses.items()))
             for key in ("requestBody", "parameters"):
                 if key in operation:

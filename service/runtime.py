@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.config import Settings
 from service.generation import GenerationLoop
 from service.integrity import stop_server_on_failure
 from service.schemas import ScoreResult, SentimentResult, TranslationResult
+from service.sessions import Sessions, bentoml_home, key_from, session_stream
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,12 @@ class Runtime:
                                          max_active=settings.max_active_sequences,
                                          max_queue=settings.max_queue,
                                          deadline_s=settings.timeout_s)
+        config = self.generator.module.config
+        self.sessions = Sessions(
+            key_from(settings.state_key, bentoml_home()), str(refs.generator.tag),
+            settings.state_ttl_s, settings.max_state_chars,
+            {"parts": len(self.generator.module.init_state(1)), "num_layers": config.num_layers,
+             "hidden_size": config.hidden_size, "vocab_size": config.vocab_size})
         # /score runs in the generation loop's thread, between its steps; its batches have a
         # metrics label of their own, so the generator's steps per batch keep their meaning
         self.score_batcher = Batcher(f"{refs.generator.tag.name}:score", self._score, **batching,
@@ -225,6 +233,16 @@ class Runtime:
             if loop.queued() < loop.max_queue:
                 return
         loops[0].check_room(1)
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
+                 seed: int | None, endpoint: str, logprobs: int, *, state: str | None,
+                 return_state: bool, sealed: list[str]
+                 ) -> AsyncIterator[tuple[list[str], list[dict]]]:
+        """A generation's characters and their log-probability entries, continuing `state` and
+        sealing its own (service.sessions)."""
+        return session_stream(self.sessions, self.generation, prompt, max_tokens, temperature,
+                              top_k, seed, endpoint, logprobs, state=state,
+                              return_state=return_state, sealed=sealed)
 
     async def sentiment(self, texts: list[str]) -> list[SentimentResult]:
         self.sentiment_batcher.check_room(len(texts))  # before encoding: shedding must be cheap

@@ -64,6 +64,10 @@ class CharLogProb(BaseModel):
                                                "those top_k allowed")
 
 
+def _omitted_unless_asked(value: object) -> bool:
+    return value is None
+
+
 class GenerateResult(BaseModel):
     text: str = Field(description="the continuation only, without the prompt")
     tokens: int = Field(description="characters generated")
@@ -71,6 +75,8 @@ class GenerateResult(BaseModel):
     logprobs: list[CharLogProb] | None = Field(
         None, exclude_if=_omitted_unless_asked,
         description="with logprobs > 0: one entry per generated character, in order")
+    state: str | None = Field(None, exclude_if=_omitted_unless_asked,
+                              description="only with return_state: continues this generation")
 
 
 class ScoreResult(BaseModel):
@@ -160,7 +166,16 @@ def request_models(settings: Settings) -> RequestModels:
         seed: int | None = Field(
             None, ge=0, le=MAX_SEED,
             description=f"0..{MAX_SEED} (a signed 64-bit integer): the same seed gives the same "
-                        "text, alone or beside other requests; null = random")
+                        "text, alone or beside other requests; null = random, or with `state`, "
+                        "the sampler goes on where it stopped")
+        return_state: bool = Field(
+            False, description="also answer `state`, a token that continues this generation later "
+                               "(in the stream: an `event: state` before `event: end`)")
+        state: str | None = Field(
+            None, max_length=settings.max_state_chars,
+            description="a `state` an earlier answer returned: go on from where it stopped, "
+                        "reading `prompt` first (\"\": nothing); 400 if not valid, 409 if made by "
+                        "another model, 410 if expired")
         logprobs: int = Field(0, ge=0, le=MAX_LOGPROBS,
                               description=f"0..{MAX_LOGPROBS}: 0 off; k: also each generated "
                                           "character's log-probability under the distribution "

@@ -51,7 +51,8 @@ def event(name: str, data: dict) -> str:
 
 
 async def event_stream(pieces: AsyncIterator[tuple[list[str], list[dict]]], response: Any,
-                       endpoint: str, with_log_probs: bool = False) -> AsyncIterator[str]:
+                       endpoint: str, with_log_probs: bool = False,
+                       sealed: list[str] = ()) -> AsyncIterator[str]:
     """The events of a generation whose characters `pieces` yields with their log-probability
     entries, for BentoML to stream: each piece's text in `data:` lines, or, `with_log_probs`,
     one JSON line {"text", "logprobs"} per piece (as /generate answers them).
@@ -61,6 +62,7 @@ async def event_stream(pieces: AsyncIterator[tuple[list[str], list[dict]]], resp
     answers them, set on `response` (the request context's), without the traceback BentoML
     would log per request; a fault of the server's own is raised for BentoML's 500. After the
     first event the status is 200 for good: a failure is the last event, and counted here.
+    A state token `pieces` left in `sealed` goes out as `event: state` just before the end.
     """
     sent = 0
     try:
@@ -85,4 +87,6 @@ async def event_stream(pieces: AsyncIterator[tuple[list[str], list[dict]]], resp
         response.headers["content-type"] = "application/json"
         yield json.dumps([{"error": str(failure)}], ensure_ascii=False)
         return
+    for token in sealed:
+        yield event("state", {"state": token})
     yield end(sent)

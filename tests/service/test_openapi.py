@@ -54,11 +54,14 @@ def test_the_services_document_is_valid_for_the_version_it_declares():
     assert spec["openapi"] == "3.0.2"
     validate(spec)
     responses = spec["paths"]["/generate"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "401", "408", "413", "429", "431", "500", "503", "504"}
+    assert set(responses) == {"200", "400", "401", "408", "409", "410", "413", "429", "431", "500",
+                              "503", "504"}
     assert "Retry-After" in responses["429"]["headers"]
+    assert "409" not in spec["paths"]["/translate"]["post"]["responses"]  # sessions: generation only
     assert set(spec["paths"]["/livez"]["get"]["responses"]) == {"200", "401", "408", "413", "431", "503"}
     stream = spec["paths"]["/generate_stream"]["post"]["responses"]["200"]
     assert "text/event-stream" in stream["content"] and "event: end" in stream["description"]
+    assert "event: state" in stream["description"]
     for path in ("/generate", "/translate"):  # every numeric field states its range
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         for name, field in body["properties"].items():
