@@ -269,6 +269,8 @@ def limit_connections(limits: Limits) -> None:
             if guard.header_bytes > limits.max_header_bytes:
                 reject(self, 431, "header_bytes", f"request headers over {limits.max_header_bytes} "
                        "bytes (RNNSERVE_MAX_HEADER_BYTES)")
+            elif guard.timer is None:  # a request begun, its headers not whole: from its first byte
+                header_deadline(self)
         elif guard.phase == "body" and guard.timer is None:
             arm(self, limits.body_timeout_s, 408, "body_timeout",
                 f"request body not received within {limits.body_timeout_s:g} s (RNNSERVE_BODY_TIMEOUT_S)")
@@ -276,9 +278,9 @@ def limit_connections(limits: Limits) -> None:
     def message_begin(self: Any) -> None:
         on_message_begin(self)
         guard = self._rnnserve
+        # a keep-alive connection's next request gets its header deadline only if its headers
+        # do not arrive whole (data_received): no timer per request in the common case
         guard.phase, guard.header_bytes, guard.parsed_bytes, guard.headers = "headers", 0, 0, 0
-        if guard.timer is None:  # a keep-alive connection's next request: from its first byte
-            header_deadline(self)
 
     def header(self: Any, name: bytes, value: bytes) -> None:
         guard = self._rnnserve
@@ -364,12 +366,17 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        streamed = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_body_bytes:
                     await self.too_large(send, f"{value.decode('latin-1')} bytes")
                     return
-                break
+            elif name == b"transfer-encoding":
+                streamed = True
+        if not streamed:  # no body, or one the server reads no further than its Content-Length
+            await self.app(scope, receive, send)
+            return
         started = False
         received = 0
 
