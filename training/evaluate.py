@@ -39,6 +39,15 @@ def sentiment_accuracy(model: SentimentClassifier, pairs: list[tuple[str, int]],
     return {"accuracy": round(100.0 * correct / len(pairs), 2)}
 
 
+def domain_accuracy(model: SentimentClassifier,
+                    domains: dict[str, list[tuple[str, int]]]) -> dict[str, float]:
+    """Accuracy (%) per domain, and "mean": their unweighted mean, the benchmark's figure for
+    FDU-MTL (each domain counts the same whatever its size)."""
+    scores = {domain: sentiment_accuracy(model, pairs)["accuracy"]
+              for domain, pairs in sorted(domains.items())}
+    return {**scores, "mean": round(sum(scores.values()) / len(scores), 2)}
+
+
 @torch.inference_mode()
 def char_loss(model: CharGenerator, text: str, window: int = WINDOW, batch_size: int = 64,
               max_windows: int | None = None) -> dict[str, float]:
