@@ -60,7 +60,7 @@ _TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-'][a-z0-9]+)*|\.\.\.|--|[^\sa-z0
 
 # Version 2's additions. URLs and @mentions name things, not feelings; the datasets have
 # (almost) none, so a model only ever saw their pieces as noise.
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)\S+")  # on lowercased text
 _MENTION = re.compile(r"(?<![\w@])@\w+")
 _HASHTAG = re.compile(r"(?<![\w#])#(?=\w)")
 _REPEATS = re.compile(r"([a-z])\1{2,}")
@@ -89,22 +89,32 @@ _JOINERS = {"\u200d", "\ufe0f", "\ufe0e"}
 # "dont" -> "do n't", as the datasets write it; only negations, whose loss flips a sentence.
 _BARE_NEGATIONS = {w: f"{w[:-2]} n't" for w in (
     "dont", "doesnt", "didnt", "isnt", "wasnt", "arent", "werent", "havent", "hasnt", "hadnt",
-    "couldnt", "wouldnt", "shouldnt", "wont", "cant", "aint", "mustnt", "neednt")}
+    "couldnt", "wouldnt", "shouldnt", "mustnt", "neednt")}
 _BARE_NEGATIONS.update({"cant": "ca n't", "wont": "wo n't", "aint": "ai n't"})
 _BARE_NEGATION = re.compile(r"\b(" + "|".join(_BARE_NEGATIONS) + r")\b")
 
 
 def _user_text_v2(text: str) -> str:
-    """Version 2's steps, on text already lowercased and folded by normalize_sentiment."""
-    text = _URL.sub(" ", text)
-    text = _MENTION.sub(" ", text)
-    text = _HASHTAG.sub("", text)
-    text = _EMOTICON.sub(lambda m: f" {_EMOTICONS[m.group(0)]} ", text)
-    text = "".join(f" {_EMOJI_WORDS[c]} " if c in _EMOJI_WORDS
-                   else " " if c in _JOINERS or unicodedata.category(c) in _DROPPED_CATEGORIES
-                   else c for c in text)
+    """Version 2's steps, on text already lowercased and folded by normalize_sentiment. Each
+    pattern runs only where its first character occurs: most texts have none of them."""
+    if "http" in text or "www." in text:
+        text = _URL.sub(" ", text)
+    if "@" in text:
+        text = _MENTION.sub(" ", text)
+    if "#" in text:
+        text = _HASHTAG.sub("", text)
+    if ":" in text or ";" in text or "<3" in text or "(:" in text:
+        text = _EMOTICON.sub(lambda m: f" {_EMOTICONS[m.group(0)]} ", text)
+    if text.isascii():  # the one ASCII character of the dropped categories ("`" is folded above)
+        text = text.replace("^", " ")
+    else:
+        text = "".join(f" {_EMOJI_WORDS[c]} " if c in _EMOJI_WORDS
+                       else " " if c in _JOINERS or unicodedata.category(c) in _DROPPED_CATEGORIES
+                       else c for c in text)
     text = _REPEATS.sub(r"\1\1", text)
-    return _BARE_NEGATION.sub(lambda m: _BARE_NEGATIONS[m.group(0)], text)
+    if "nt" in text:  # in every bare negation
+        text = _BARE_NEGATION.sub(lambda m: _BARE_NEGATIONS[m.group(0)], text)
+    return text
 
 
 def normalize_sentiment(text: str, version: int = 1) -> str:

@@ -101,6 +101,7 @@ def test_normaliser_1_is_unchanged_for_models_trained_with_it():
 
 def test_emoji_without_a_word_and_their_joiners_are_dropped():
     assert sentiment_tokens("nice 👨\u200d👩\u200d👧 family \u00a9 pack", 2) == ["nice", "family", "pack"]
+    assert sentiment_tokens("2 ^ 3", 2) == ["2", "3"]  # the one ASCII symbol of those categories
 
 
 def test_emoticon_needs_to_stand_alone():
