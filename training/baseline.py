@@ -21,7 +21,7 @@ from models.text import LATEST_NORMALIZER, sentiment_tokens
 
 log = logging.getLogger(__name__)
 
-C_GRID = (1.0, 4.0, 16.0)  # inverse regularisation strengths tried, picked on dev
+C_GRID = (1.0, 4.0, 16.0, 64.0)  # inverse regularisation strengths tried, picked on dev
 DATA_CHOICES = ("sst2", "sst2+fdu_mtl")
 
 
