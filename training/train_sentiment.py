@@ -44,8 +44,10 @@ class RunConfig(common.CommonRun):
     subword_buckets: int = help_field(16384, "hash table size for character 3-5-gram embeddings added "
                                       "to each word's (0 = words only)", minimum=0)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
-    max_vocab: int = help_field(16000, "most words in the vocabulary, specials included (the "
-                                "rest read as UNK plus their subwords); bounds the artifact's size "
+    max_vocab: int = help_field(15500, "most words in the vocabulary, specials included (the "
+                                "rest read as UNK plus their subwords); bounds the artifact's size: "
+                                "at 300 dimensions and 16,384 subword buckets, 15,500 words keep "
+                                "models/pretrained/ within its 60 MB and 16,000 do not "
                                 "(0 = no cap)", minimum=0)
     data: str = help_field("sst2+fdu_mtl", "training sets: SST-2 phrases, plus FDU-MTL's 14 "
                            "product-review domains", choices=DATA_CHOICES)
