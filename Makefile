@@ -51,11 +51,11 @@ train: install  ## full profile, all models, into the local BentoML store
 train-quick: install  ## minutes: a smoke run of every model, into temp folders (not the store)
 	$(PY) -m training.train_all --profile quick --no-store
 
-evaluate: install  ## test-split metrics of the store's (or shipped) models: JSON lines, then a table
-	$(PY) -m training.evaluate
+evaluate: install  ## test-split metrics of the store's (or shipped) models and the sentiment TF-IDF baseline: JSON lines, then tables
+	$(PY) -m training.evaluate --baseline
 
 quality: install  ## evaluate, and write the table with the targets to reports/quality.md
-	$(PY) -m training.evaluate --report reports/quality.md
+	$(PY) -m training.evaluate --baseline --report reports/quality.md
 
 cells: install  ## experiment: rnn vs gru vs lstm on every task at an equal budget -> reports/cells.md
 	$(PY) -m training.experiments.compare_cells

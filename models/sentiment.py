@@ -51,6 +51,24 @@ class SentimentConfig:
     subword_buckets: int = 0  # hashed character n-gram embeddings (0 = words only)
     subword_min_n: int = 3
     subword_max_n: int = 5
+    # How text becomes tokens (models.text): a config without these fields (an artifact saved
+    # before they existed) keeps the reading it was trained with, normaliser 1 and every token.
+    normalizer: int = 1
+    max_tokens: int = 0  # longer texts keep their first and last max_tokens // 2 tokens (0 = all)
+
+
+def truncate_tokens(words: list[str], max_tokens: int) -> list[str]:
+    """The first and last max_tokens // 2 tokens of a longer text (0 = keep all). A review
+    states its verdict mostly at its start and its end (Sun et al. 2019 found head + tail the
+    best cut for long-review classification), and the cut bounds the work one text can ask for.
+
+    >>> truncate_tokens(list("abcdefg"), 4)
+    ['a', 'b', 'f', 'g']
+    """
+    if not max_tokens or len(words) <= max_tokens:
+        return words
+    head = max_tokens // 2
+    return words[:head] + words[len(words) - (max_tokens - head):]
 
 
 CACHED_WORD_CHARS = 32  # longer words (rare, or sent to fill memory) are hashed every time
@@ -192,9 +210,9 @@ class SentimentClassifier:
 
     def encode(self, text: str) -> EncodedText:
         """A raw text as the network reads it. An empty text becomes one UNK: the model's prior."""
-        words = sentiment_tokens(text)
-        ids = self.vocab.encode(words) or [UNK_ID]
         config = self.module.config
+        words = truncate_tokens(sentiment_tokens(text, config.normalizer), config.max_tokens)
+        ids = self.vocab.encode(words) or [UNK_ID]
         if not config.subword_buckets:
             return EncodedText(ids)
         subwords = [subword_ids(word, config.subword_buckets, config.subword_min_n,

@@ -57,6 +57,8 @@ _MULTI30K = ("https://raw.githubusercontent.com/multi30k/dataset/"
 # manythings.org/anki/kor-eng.zip changes over time; this snapshot is the 2023-02-20 release.
 _KOR = ("https://raw.githubusercontent.com/r0cd7b/nlp_with_rnns_and_attention/"
         "875d03899a2c217633fa28e8917a8b26382c5269/kor-eng")
+_FDU = ("https://raw.githubusercontent.com/m1ci/of-demo/"
+        "4561cdc2124d6c4a3379bc77c568a1289ed1f502/data/mtl-dataset")
 
 REGISTRY: dict[str, DataFile] = {f.path: f for f in (
     DataFile("sst2/stsa.binary.train", f"{_SST}/stsa.binary.train",
@@ -86,6 +88,62 @@ REGISTRY: dict[str, DataFile] = {f.path: f for f in (
              "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9", 21077),
     DataFile("kor_eng_tatoeba/kor.txt", f"{_KOR}/kor.txt",
              "6c9d8de3e500306997e4083274fb0038ef521651ffb2b7923e4e607a59d09dbc", 843519),
+    DataFile("fdu_mtl/apparel.task.test", f"{_FDU}/apparel.task.test",
+             "8e591ec14fa0e3d26837b9a40c99d3a93b49f47e7a3fbe4d0afe1b4e1dd45439", 127187),
+    DataFile("fdu_mtl/apparel.task.train", f"{_FDU}/apparel.task.train",
+             "589702d71eded8ca23907acf6e434f203c8c6feb09737106f77f03707641ffc3", 519173),
+    DataFile("fdu_mtl/baby.task.test", f"{_FDU}/baby.task.test",
+             "8763bb4b8bbf83b93b6aab03706719fc742fb7d89830a6bd95ea1c2490ea58f7", 220031),
+    DataFile("fdu_mtl/baby.task.train", f"{_FDU}/baby.task.train",
+             "0d884186f3aef0e12dafac0a875887fe631de0df992b15158ab177763882bf57", 849433),
+    DataFile("fdu_mtl/books.task.test", f"{_FDU}/books.task.test",
+             "b451ac03e48b599bf35dd1a450158389e1ac9018950e95c631053ac14a5b10ad", 351857),
+    DataFile("fdu_mtl/books.task.train", f"{_FDU}/books.task.train",
+             "40c4c5971165b9e0a509a60472c3bf06c8e1430d4944833141eb3c34d986b65e", 1517583),
+    DataFile("fdu_mtl/camera_photo.task.test", f"{_FDU}/camera_photo.task.test",
+             "3fdea0837d6c41f04720dce8d2e690bbdeb5019ecac749f8f38472ac1dcfa439", 258814),
+    DataFile("fdu_mtl/camera_photo.task.train", f"{_FDU}/camera_photo.task.train",
+             "425bf93c303b2f38d2f53649508ea9e55d0114679ecb00fda5c2c15ebbe9e708", 1077961),
+    DataFile("fdu_mtl/dvd.task.test", f"{_FDU}/dvd.task.test",
+             "762e6e030892375eda4f211be58624a3bb6a07c966901c79b803837d21fca4b5", 402497),
+    DataFile("fdu_mtl/dvd.task.train", f"{_FDU}/dvd.task.train",
+             "47334240d9cef76ac5f15a10f9082c3d2c6e7f9a9bb0478a3800ede2a0300771", 1581172),
+    DataFile("fdu_mtl/electronics.task.test", f"{_FDU}/electronics.task.test",
+             "a4d2e7d2a5b8b501a6611e45e1b241aa0d601388b79265cfc94c203cb52f8b8c", 222978),
+    DataFile("fdu_mtl/electronics.task.train", f"{_FDU}/electronics.task.train",
+             "bb2f28c4a20e3d075dd71ff049970bd445f4d47bcc8404a68eb03850413a8da7", 918340),
+    DataFile("fdu_mtl/health_personal_care.task.test", f"{_FDU}/health_personal_care.task.test",
+             "07f289177da7ebe71f1ac2ee3d5a25f190913e2a11116f0fb55862e01b60a331", 173498),
+    DataFile("fdu_mtl/health_personal_care.task.train", f"{_FDU}/health_personal_care.task.train",
+             "384f1ec3d76a2f755844cac4bd7725b86bc79910dae60fc33f133e380f827b4a", 736321),
+    DataFile("fdu_mtl/kitchen_housewares.task.test", f"{_FDU}/kitchen_housewares.task.test",
+             "86bcc015f7cfa773880951830ac6161dc2b8717e8a69773ca11a5bd6529b2020", 193578),
+    DataFile("fdu_mtl/kitchen_housewares.task.train", f"{_FDU}/kitchen_housewares.task.train",
+             "df5c9e8473b084a6b252dfbb5e074adcaacb9638a882fee3f20d62d747f45d6f", 762961),
+    DataFile("fdu_mtl/magazines.task.test", f"{_FDU}/magazines.task.test",
+             "620ecd0ccd7b7f73483b8cdcef5ca07dff92e2d57c9cf4b6e9f7d669a681f6c3", 263233),
+    DataFile("fdu_mtl/magazines.task.train", f"{_FDU}/magazines.task.train",
+             "d4805a9f094c1c7befa64bc42ea846261b1290a2fd120c46f45c9e89faf782ae", 1027102),
+    DataFile("fdu_mtl/music.task.test", f"{_FDU}/music.task.test",
+             "54a157c56930b9e587b6b955fe4b2e3258d2f70d0d58ccbbf40a4bfd846ee204", 275218),
+    DataFile("fdu_mtl/music.task.train", f"{_FDU}/music.task.train",
+             "f0b41243475c16391a02e91d87710ed87d68927d4d77f526a3d2369a98ac572e", 1170332),
+    DataFile("fdu_mtl/software.task.test", f"{_FDU}/software.task.test",
+             "3b92617a5b3ad618b7aaab98546d49c2a69f46dedbceb4ec14dee1cbb4ff02d3", 270384),
+    DataFile("fdu_mtl/software.task.train", f"{_FDU}/software.task.train",
+             "a050cb3ea22b94b21ce70acff3a23eabd1f39307bd862d6c0cc23170eb4830f4", 1137236),
+    DataFile("fdu_mtl/sports_outdoors.task.test", f"{_FDU}/sports_outdoors.task.test",
+             "77394d7c91fbc69cc16bfaf79f1f945999fe2d8e0fc536f1f79d17089e611f49", 216957),
+    DataFile("fdu_mtl/sports_outdoors.task.train", f"{_FDU}/sports_outdoors.task.train",
+             "062ac0e2fb04a81c1f06f15b219634810a323a2ee187750e2f479030ebad0326", 827286),
+    DataFile("fdu_mtl/toys_games.task.test", f"{_FDU}/toys_games.task.test",
+             "6ee304a53f25697ee96bcb60fe07cc36d282ef343c3e0f8ae09df669ec39b116", 194694),
+    DataFile("fdu_mtl/toys_games.task.train", f"{_FDU}/toys_games.task.train",
+             "bb8404d3b48ab02bca2a75bb1e245297aac36b8143a81549f6485b4c2d24dd10", 785692),
+    DataFile("fdu_mtl/video.task.test", f"{_FDU}/video.task.test",
+             "8de7a49ee3001409c9049b1f52949d78c7875cb92e031b43f5cef681dfd341e4", 341154),
+    DataFile("fdu_mtl/video.task.train", f"{_FDU}/video.task.train",
+             "2867b3e5fffc44132aa61ff49dd608eeacc503b2c9c2133680f0cb4a7a258f3e", 1304633),
 )}
 
 GLUE_TRAIN = "glue_sst2/train.tsv"
@@ -97,6 +155,13 @@ MULTI30K = {split: {lang: f"multi30k/task1/raw/{stem}.{lang}.gz" for lang in ("d
             for split, stem in MULTI30K_SPLITS.items()}
 KOR_ENG = "kor_eng_tatoeba/kor.txt"
 KO_EN_HELD_OUT = 250  # pairs in each of ko-en val and test
+# The 14 Amazon product domains of FDU-MTL (Liu et al. 2017); its imdb and MR domains are left out.
+FDU_DOMAINS = ("apparel", "baby", "books", "camera_photo", "dvd", "electronics",
+               "health_personal_care", "kitchen_housewares", "magazines", "music", "software",
+               "sports_outdoors", "toys_games", "video")
+FDU_MTL = {domain: {split: f"fdu_mtl/{domain}.task.{split}" for split in ("train", "test")}
+           for domain in FDU_DOMAINS}
+FDU_DEV_SHARE = 0.1  # of each domain's (cleaned) train reviews, carved out as its dev split
 
 # The files each reader opens, by the dataset name the training scripts record in metrics.json.
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -104,6 +169,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "tinyshakespeare": (SHAKESPEARE,),
     "multi30k": tuple(path for langs in MULTI30K.values() for path in langs.values()),
     "kor_eng_tatoeba": (KOR_ENG,),
+    "fdu_mtl": tuple(path for files in FDU_MTL.values() for path in files.values()),
 }
 
 
@@ -206,16 +272,17 @@ def sha256_of(dataset: str, registry: Mapping[str, DataFile] = REGISTRY) -> dict
 
 # ---- parsing ----
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, errors: str = "strict") -> list[str]:
     """Lines of a UTF-8 (or gzipped UTF-8) file, split on "\\n" only.
 
     str.splitlines would also split on U+0085 / U+2028 inside a sentence and break line
-    alignment between parallel files.
+    alignment between parallel files. `errors` is bytes.decode's: "replace" for a file known to
+    hold a stray non-UTF-8 byte.
     """
     data = path.read_bytes()
     if path.suffix == ".gz":
         data = gzip.decompress(data)
-    lines = data.decode("utf-8").split("\n")
+    lines = data.decode("utf-8", errors=errors).split("\n")
     if lines[-1] == "":
         lines.pop()
     return lines
@@ -353,4 +420,54 @@ def ko_en_splits(seed: int = 13,
             splits["train"].extend(group)
     log.info("ko-en: %d rows, %d unique pairs in %d groups -> train %d, val %d, test %d", len(rows),
              len(pairs), len(groups), *(len(splits[s]) for s in ("train", "val", "test")))
+    return splits
+
+
+def read_fdu(path: Path) -> list[tuple[str, int]]:
+    """FDU-MTL `label<TAB>review` lines, text lowercased and tokenised like stsa.
+
+    Decoded with errors="replace": dvd.task.train holds one line that is not valid UTF-8, and
+    one replaced character in a review costs less than losing the review.
+    """
+    rows = []
+    for number, line in enumerate(_lines(path, errors="replace"), start=1):
+        if not line.strip():
+            continue
+        label, text = _fields(line, 2, path, number)
+        rows.append((text.strip(), _label(label.strip(), path, number)))
+    return rows
+
+
+def fdu_mtl_splits(seed: int = 13, dev_share: float = FDU_DEV_SHARE,
+                   registry: Mapping[str, DataFile] = REGISTRY
+                   ) -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """FDU-MTL (text, label) pairs per split and domain: {"train"|"dev"|"test": {domain: pairs}}.
+
+    The benchmark ships train and test only. Its train files hold duplicates and share texts with
+    the test files (shared/datasets/NOTES.md), so, per domain:
+    1. a train text found in any domain's test file is dropped (else test accuracy is inflated);
+    2. a repeated train text keeps its first occurrence only, across domains too (dvd and video
+       share reviews), so no dev text is also a train text; a text seen with both labels keeps
+       the first;
+    3. the rest is shuffled with random.Random(f"{seed}:{domain}") and the first `dev_share` of it
+       becomes that domain's dev split, so dev is seeded per domain and never overlaps train.
+    Test is left as shipped: it is the benchmark's report split.
+    """
+    test = {domain: read_fdu(fetch(files["test"], registry)) for domain, files in FDU_MTL.items()}
+    test_texts = {text for pairs in test.values() for text, _ in pairs}
+    splits: dict[str, dict[str, list[tuple[str, int]]]] = {"train": {}, "dev": {}, "test": test}
+    seen: set[str] = set()
+    for domain, files in FDU_MTL.items():
+        rows = read_fdu(fetch(files["train"], registry))
+        in_test = sum(text in test_texts for text, _ in rows)
+        pairs = []
+        for text, label in rows:
+            if text not in test_texts and text not in seen:
+                seen.add(text)
+                pairs.append((text, label))
+        random.Random(f"{seed}:{domain}").shuffle(pairs)
+        cut = round(len(pairs) * dev_share)
+        splits["dev"][domain], splits["train"][domain] = pairs[:cut], pairs[cut:]
+        log.info("fdu-mtl %s: %d train rows, %d in a test file, %d repeats -> train %d, dev %d",
+                 domain, len(rows), in_test, len(rows) - in_test - len(pairs), len(pairs) - cut, cut)
     return splits

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 
 from models import projected_lstm, sentiment
+from models.integrity import record_checksums
 from models.quantize import with_precision
 from models.rnn import CELLS
 from models.sentiment import (
@@ -19,8 +22,10 @@ from models.sentiment import (
     explanation,
     explanation_inputs,
     subword_ids,
+    truncate_tokens,
 )
-from models.vocab import PAD_ID, UNK_ID
+from models.text import sentiment_tokens
+from models.vocab import PAD_ID, UNK_ID, Vocab
 
 from support.tiny_models import make_tiny_sentiment
 
@@ -267,3 +272,66 @@ def test_explanation_trajectory_ends_at_the_answer_and_importance_is_occlusion()
     assert trajectory[-1] == pytest.approx(whole, abs=1e-6)
     without_great = classifier.predict_proba(["the plot was long but the actor was"])[0, positive].item()
     assert importance[-1] == pytest.approx(whole - without_great, abs=1e-6)
+
+
+# ---- how text becomes tokens is part of the model's config ----
+
+def reading(normalizer: int, max_tokens: int, subword_buckets: int = 0) -> SentimentClassifier:
+    """A tiny classifier that reads with normaliser `normalizer`, at most `max_tokens` tokens."""
+    torch.manual_seed(0)
+    vocab = Vocab.build([sentiment_tokens("do n't buy love it a b c d e f g h", 2)])
+    config = SentimentConfig(vocab_size=len(vocab), embedding_dim=8, hidden_size=6, dropout=0.0,
+                             subword_buckets=subword_buckets, normalizer=normalizer,
+                             max_tokens=max_tokens)
+    return SentimentClassifier(SentimentRNN(config).eval(), vocab)
+
+
+def test_encode_reads_with_the_configs_normaliser():
+    new, old = reading(2, 0), reading(1, 0)
+    assert new.vocab.decode(new.encode("Dont buy \U0001F60D").words) == ["do", "n't", "buy", "love"]
+    assert old.encode("Dont buy \U0001F60D").words == old.vocab.encode(["dont", "buy", "\U0001F60D"])
+
+
+def test_truncate_tokens_keeps_the_head_and_the_tail():
+    words = [str(i) for i in range(10)]
+    assert truncate_tokens(words, 0) == words
+    assert truncate_tokens(words, 10) == words
+    assert truncate_tokens(words, 4) == ["0", "1", "8", "9"]
+    assert truncate_tokens(words, 5) == ["0", "1", "7", "8", "9"]
+
+
+def test_a_long_text_is_read_as_its_head_and_tail_words_and_subwords_alike():
+    model = reading(2, 4, subword_buckets=32)
+    encoded = model.encode("a b c d e f g h")
+    assert model.vocab.decode(encoded.words) == ["a", "b", "g", "h"]
+    assert encoded.subwords == [subword_ids(w, 32, 3, 5) for w in ("a", "b", "g", "h")]
+    assert len(reading(2, 0).encode("a b c d e f g h")) == 8
+
+
+def test_an_artifact_saved_before_the_reading_fields_keeps_its_reading(tmp_path):
+    reading(1, 0).save(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("normalizer", "max_tokens"):
+        del config["model"][key]
+    path.write_text(json.dumps(config))
+    record_checksums(tmp_path, ["config.json"])  # as an older artifact's, written with it
+    loaded = SentimentClassifier.load(tmp_path)
+    assert (loaded.module.config.normalizer, loaded.module.config.max_tokens) == (1, 0)
+    assert len(loaded.encode(" ".join(["a"] * 600))) == 600
+
+
+SHIPPED_SENTIMENT = Path(__file__).resolve().parents[2] / "models" / "pretrained" / "sentiment-rnn"
+
+
+@pytest.mark.skipif(not (SHIPPED_SENTIMENT / "config.json").is_file(), reason="no shipped classifier")
+def test_the_shipped_classifier_reads_text_as_it_was_trained_to():
+    """The shipped config's reading fields, or where it predates them normaliser 1 and every
+    token: its answers never change with the normaliser that new models are trained with."""
+    shipped = SentimentClassifier.load(SHIPPED_SENTIMENT)
+    config = json.loads((SHIPPED_SENTIMENT / "config.json").read_text())["model"]
+    expected = (config.get("normalizer", 1), config.get("max_tokens", 0))
+    assert (shipped.module.config.normalizer, shipped.module.config.max_tokens) == expected
+    text = "Dont buy it @seller http://x.io \U0001F621 " + "so bad " * 200
+    tokens = truncate_tokens(sentiment_tokens(text, expected[0]), expected[1])
+    assert shipped.encode(text).words == shipped.vocab.encode(tokens)

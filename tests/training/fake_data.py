@@ -51,6 +51,22 @@ def sst2_splits() -> dict:
             "test": sentiment_pairs(60, 2)}
 
 
+FDU_DOMAINS = ("books", "toys_games")  # two stand-ins for the 14: per-domain code runs the same
+
+
+def review_pairs(count: int, seed: int, domain: str) -> list[tuple[str, int]]:
+    """Made-up reviews: several sentences, lowercased and tokenised as FDU-MTL writes them."""
+    return [(" ".join(f"this {domain.split('_')[0]} " + text.lower() for text, _ in
+                      sentiment_pairs(4, seed * 1000 + i)) + (" good" if label else " bad"), label)
+            for i, (_, label) in enumerate(sentiment_pairs(count, seed))]
+
+
+def fdu_mtl_splits() -> dict:
+    return {split: {domain: review_pairs(count, seed + 10 * d, domain)
+                    for d, domain in enumerate(FDU_DOMAINS)}
+            for split, count, seed in (("train", 120, 3), ("dev", 20, 4), ("test", 20, 5))}
+
+
 def shakespeare_splits() -> dict:
     return {"train": text(20000, 0), "val": text(3000, 1)}
 
@@ -67,6 +83,7 @@ def sha256_of(dataset: str) -> dict:
 def install(data_module) -> None:
     """Replace the readers of `training.data` (the module object) with the made-up ones."""
     data_module.sst2_splits = sst2_splits
+    data_module.fdu_mtl_splits = fdu_mtl_splits
     data_module.shakespeare_splits = shakespeare_splits
     data_module.multi30k_splits = translation_splits
     data_module.ko_en_splits = translation_splits

@@ -254,6 +254,69 @@ def test_http_404_raises_and_leaves_nothing(http_root, cache):
     assert files_under(cache) == []
 
 
+def fdu_files(overrides: dict[str, bytes | str] | None = None, reviews: int = 20) -> dict[str, bytes | str]:
+    """Made-up FDU-MTL files for all 14 domains: `reviews` distinct train lines and 2 test lines
+    each (label<TAB>text), with `overrides` {path: content} replacing some."""
+    files: dict[str, bytes | str] = {}
+    for domain, paths in data.FDU_MTL.items():
+        files[paths["train"]] = "".join(f"{i % 2}\t{domain} review number {i} .\n"
+                                        for i in range(reviews))
+        files[paths["test"]] = f"1\t{domain} test one .\n0\t{domain} test two .\n"
+    return {**files, **(overrides or {})}
+
+
+def test_fdu_splits_drop_test_texts_repeats_and_carve_a_disjoint_dev(data_dir):
+    apparel, dvd, video = (data.FDU_MTL[d] for d in ("apparel", "dvd", "video"))
+    registry = registry_of(data_dir, fdu_files({
+        # a text of another domain's test file, a repeat with the other label, and 10 distinct
+        apparel["train"]: "1\tbooks test one .\n" + "".join(f"{i % 2}\tshirt {i}\n" for i in range(10))
+                          + "0\tshirt 1\n",
+        # dvd and video share a review: only dvd (first in domain order) keeps it
+        dvd["train"]: "".join(f"1\tfilm {i}\n" for i in range(10)),
+        video["train"]: "1\tfilm 3\n" + "".join(f"0\ttape {i}\n" for i in range(9)),
+    }))
+    splits = data.fdu_mtl_splits(seed=5, registry=registry)
+    assert sorted(splits["train"]) == sorted(data.FDU_DOMAINS) == sorted(splits["dev"])
+    apparel_all = splits["train"]["apparel"] + splits["dev"]["apparel"]
+    assert sorted(apparel_all) == sorted((f"shirt {i}", i % 2) for i in range(10))  # first label kept
+    assert len(splits["dev"]["apparel"]) == 1 and len(splits["train"]["apparel"]) == 9  # 10% dev
+    video_all = splits["train"]["video"] + splits["dev"]["video"]
+    assert ("film 3", 1) not in video_all and len(video_all) == 9
+    test_texts = {text for pairs in splits["test"].values() for text, _ in pairs}
+    train_texts = [text for pairs in splits["train"].values() for text, _ in pairs]
+    dev_texts = [text for pairs in splits["dev"].values() for text, _ in pairs]
+    assert not test_texts & set(train_texts + dev_texts)
+    assert not set(train_texts) & set(dev_texts)
+    assert len(train_texts + dev_texts) == len(set(train_texts + dev_texts))
+    assert splits["test"]["books"] == [("books test one .", 1), ("books test two .", 0)]
+
+
+def test_fdu_dev_split_is_seeded_per_domain(data_dir):
+    registry = registry_of(data_dir, fdu_files(reviews=40))
+    first = data.fdu_mtl_splits(seed=1, registry=registry)
+    again = data.fdu_mtl_splits(seed=1, registry=registry)
+    other = data.fdu_mtl_splits(seed=2, registry=registry)
+    assert first == again
+    assert first["dev"] != other["dev"]
+    assert all(len(pairs) == 4 for pairs in first["dev"].values())
+
+
+def test_fdu_non_utf8_byte_is_replaced_not_fatal(data_dir):
+    path = data.FDU_MTL["dvd"]["train"]
+    registry = registry_of(data_dir, fdu_files({path: b"1\tgreat \xff disc\n0\tdull disc\n"}))
+    splits = data.fdu_mtl_splits(registry=registry)
+    texts = {text for text, _ in splits["train"]["dvd"] + splits["dev"]["dvd"]}
+    assert texts == {"great \ufffd disc", "dull disc"}
+
+
+@pytest.mark.parametrize(("content", "message"), [("2\tbad label\n", "apparel.task.train:1"),
+                                                  ("1\tone\ttoo many\n", "apparel.task.train:1")])
+def test_fdu_malformed_rows_name_file_and_line(data_dir, content, message):
+    registry = registry_of(data_dir, fdu_files({data.FDU_MTL["apparel"]["train"]: content}))
+    with pytest.raises(DatasetError, match=message):
+        data.fdu_mtl_splits(registry=registry)
+
+
 # ---- the real files ----
 
 @pytest.mark.skipif(not os.environ.get(DATA_DIR_ENV), reason=f"{DATA_DIR_ENV} is not set")
@@ -266,6 +329,9 @@ def test_real_files_verify_and_split_sizes():
     assert {k: len(v) for k, v in data.shakespeare_splits().items()} == {"train": 1003854, "val": 111540}
     assert {k: len(v) for k, v in data.multi30k_splits().items()} == {"train": 29000, "val": 1014,
                                                                       "test": 1000}
+    fdu = data.fdu_mtl_splits()  # 22,180 train rows less those in a test file and the repeats
+    assert {k: sum(map(len, v.values())) for k, v in fdu.items()} == {"train": 18330, "dev": 2035,
+                                                                       "test": 5600}
     ko_en = data.ko_en_splits()
     # kor.txt has 5749 rows and no exact duplicate pairs.
     assert {k: len(v) for k, v in ko_en.items()} == {"train": 5249, "val": 250, "test": 250}

@@ -52,6 +52,46 @@ def test_markdown_table_marks_targets_met_or_not():
     assert "| char-generator | char-generator:v1 | val_loss | 1.39 | 1.4 | yes |" in table
 
 
+def test_markdown_table_marks_the_fdu_mean_target_too():
+    rows = [{"model": "sentiment-rnn", "tag": "t", "accuracy": 86.5, "fdu_mean_accuracy": 87.9,
+             "fdu_books": 90.0}]
+    table = evaluate.markdown_table(rows)
+    assert "| sentiment-rnn | t | accuracy | 86.5 | 86.0 | yes |" in table
+    assert "| sentiment-rnn | t | fdu_mean_accuracy | 87.9 | 88.0 | no |" in table
+    assert "| sentiment-rnn | t | fdu_books | 90.0 |  |  |" in table
+
+
+def test_sentiment_table_puts_models_side_by_side_with_the_targets():
+    rows = [{"model": "sentiment-rnn", "tag": "a", "accuracy": 86.5, "fdu_mean_accuracy": 80.0,
+             "fdu_books": 81.0, "fdu_toys_games": 79.0},
+            {"model": "tfidf-logreg (sst2)", "tag": "C=4", "accuracy": 83.0, "fdu_mean_accuracy": 75.0,
+             "fdu_books": 76.0, "fdu_toys_games": 74.0},
+            {"model": "char-generator", "tag": "g", "val_loss": 1.4}]
+    table = evaluate.sentiment_table(rows).splitlines()
+    assert table[0] == "| test accuracy (%) | target | sentiment-rnn `a` | tfidf-logreg (sst2) `C=4` |"
+    assert "| SST-2 test | 86.0 | 86.5 | 83.0 |" in table
+    assert "| **FDU-MTL mean (14 domains)** | 88.0 | 80.0 | 75.0 |" in table
+    assert "| toys games |  | 79.0 | 74.0 |" in table
+    assert evaluate.sentiment_table([rows[2]]) == ""
+
+
+def test_domain_accuracy_weighs_each_domain_alike():
+    model = make_tiny_sentiment()
+    texts = ["good film", "bad film", "a dull plot", "great actor"]
+    predicted = model.predict_proba(texts).argmax(dim=-1).tolist()
+    right = list(zip(texts, predicted, strict=True))
+    wrong = [(t, 1 - label) for t, label in right]
+    scores = evaluate.domain_accuracy(model, {"big": right * 3, "small": wrong[:1]})
+    assert scores == {"big": 100.0, "small": 0.0, "mean": 50.0}
+
+
+def test_folder_row_names_a_shipped_copy_by_its_tag_else_by_its_path(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"model": "sentiment-rnn"}))
+    assert evaluate.folder_row(tmp_path) == {"model": "sentiment-rnn", "tag": str(tmp_path)}
+    (tmp_path / STORE_INFO_FILE).write_text(json.dumps({"name": "sentiment-rnn", "version": "v2"}))
+    assert evaluate.folder_row(tmp_path) == {"model": "sentiment-rnn", "tag": "sentiment-rnn:v2"}
+
+
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / STORE_INFO_FILE).is_file())
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import fake_data
@@ -14,8 +15,9 @@ import torch
 
 from models.artifact import ArtifactError
 from models.generator import CharGenerator, CharLM
-from models.sentiment import SentimentClassifier
+from models.sentiment import SentimentClassifier, SentimentRNN
 from models.translator import Translator
+from models.vocab import Vocab
 from training import (
     common,
     data,
@@ -34,7 +36,8 @@ ARTIFACT_FILES = {"config.json", "weights.safetensors", "metrics.json", "README.
 
 @pytest.fixture(autouse=True)
 def made_up_data(monkeypatch):
-    for name in ("sst2_splits", "shakespeare_splits", "multi30k_splits", "ko_en_splits", "sha256_of"):
+    for name in ("sst2_splits", "fdu_mtl_splits", "shakespeare_splits", "multi30k_splits", "ko_en_splits",
+                 "sha256_of"):
         monkeypatch.setattr(data, name, getattr(fake_data, {"multi30k_splits": "translation_splits",
                                                             "ko_en_splits": "translation_splits"}
                                                .get(name, name)))
@@ -68,9 +71,55 @@ def test_sentiment_smoke_writes_a_complete_artifact(tmp_path):
     model = SentimentClassifier.load(folder)
     assert model.module.config.weight_drop == 0.2
     assert model.predict_proba(["A great film!"]).shape == (1, 2)
-    # the metrics are the loaded artifact's own, measured on the test split
-    assert metrics["test"] == evaluate.sentiment_accuracy(model, data.sst2_splits()["test"])
-    assert len(metrics["validation"]) == 1 and metrics["epochs_run"] == 2
+    # the metrics are the loaded artifact's own, measured on the test splits
+    assert metrics["test"]["accuracy"] == evaluate.sentiment_accuracy(model, data.sst2_splits()["test"])[
+        "accuracy"]
+    by_domain = evaluate.domain_accuracy(model, data.fdu_mtl_splits()["test"])
+    assert metrics["test"]["fdu_mean_accuracy"] == by_domain["mean"]
+    assert metrics["test"]["fdu_toys_games"] == by_domain["toys_games"]
+    validation = metrics["validation"]
+    assert validation["selection"] == round((validation["sst2_accuracy"]
+                                             + validation["fdu_mean_accuracy"]) / 2, 2)
+    assert metrics["epochs_run"] == 2
+    # what it was trained on, and what not, is on its card; how it reads text is in its config
+    card = (folder / "README.md").read_text()
+    assert "toys games" in card and "Not trained on:" in card and "tweets" in card
+    assert (model.module.config.normalizer, model.module.config.max_tokens) == (2, 64)
+
+
+def test_sentiment_on_sst2_alone_selects_on_sst2_dev(tmp_path):
+    metrics = train_sentiment.main(["--profile", "quick", "--no-store", "--data", "sst2",
+                                    "--normalizer", "1", "--max-tokens", "0",
+                                    "--checkpoint-dir", str(tmp_path / "ck")])
+    assert metrics["validation"]["selection"] == metrics["validation"]["sst2_accuracy"]
+    assert set(metrics["test"]) == {"accuracy"}
+    assert "product reviews, tweets" in (Path(metrics["folder"]) / "README.md").read_text()
+
+
+def test_fdu_reviews_are_repeated_per_epoch_and_phrases_are_not():
+    run = train_sentiment.RunConfig(fdu_repeat=3)
+    splits, fdu = data.sst2_splits(), data.fdu_mtl_splits()
+    pairs = train_sentiment.training_pairs(run, splits["train"], fdu["train"])
+    reviews = sum(len(v) for v in fdu["train"].values())
+    assert len(pairs) == len(splits["train"]) + 3 * reviews
+    assert pairs[: len(splits["train"])] == splits["train"]
+    assert train_sentiment.training_pairs(train_sentiment.RunConfig(data="sst2"), splits["train"],
+                                          fdu["train"]) == splits["train"]
+
+
+def test_init_from_copies_the_weights_and_the_rows_of_shared_words(tmp_path):
+    source = train_sentiment.main(["--profile", "quick", "--no-store", "--max-vocab", "30",
+                                   "--checkpoint-dir", str(tmp_path / "ck")])["folder"]
+    trained = SentimentClassifier.load(source)
+    vocab = Vocab([*trained.vocab.itos[:10], "zebra"])
+    module = SentimentRNN(replace(trained.module.config, vocab_size=len(vocab))).float()
+    train_sentiment.init_from(source, module, vocab)
+    torch.testing.assert_close(module.embedding.weight[:10], trained.module.embedding.weight[:10].float())
+    assert not torch.equal(module.embedding.weight[10], torch.zeros_like(module.embedding.weight[10]))
+    torch.testing.assert_close(module.rnn.weight_hh_l0, trained.module.rnn.weight_hh_l0.float())
+    wider = SentimentRNN(replace(trained.module.config, vocab_size=len(vocab), embedding_dim=8))
+    with pytest.raises(SystemExit, match="embedding_dim"):
+        train_sentiment.init_from(source, wider, vocab)
 
 
 def test_generator_smoke_writes_a_complete_artifact(tmp_path):
