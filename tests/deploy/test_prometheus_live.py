@@ -8,6 +8,7 @@ Prometheus also loads deploy/prometheus/alerts.yml and evaluates it against the 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import shutil
@@ -66,6 +67,19 @@ def post(url: str, body: dict) -> tuple[int, float, bytes]:
             return response.status, time.perf_counter() - start, response.read()
     except urllib.error.HTTPError as error:
         return error.code, time.perf_counter() - start, error.read()
+
+
+def declared_too_large(url: str) -> int:
+    """The status of a POST whose Content-Length passes the body limit (no body is sent)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", "/sentiment")
+        connection.putheader("Content-Length", str(1 << 30))
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 class Prometheus:
@@ -158,6 +172,10 @@ def send_traffic_and_compare(service: str, prom: Prometheus) -> None:
     assert post(f"{service}/generate_stream", {"prompt": "To be", "max_tokens": 5, "seed": 1})[0] == 200
     assert post(f"{service}/translate", {"texts": ["ein Haus"], "source": "de"})[0] == 200
     assert post(f"{service}/sentiment", {"texts": []})[0] == 400
+    # a session started and a limit tripped, so that their counters have series too
+    assert post(f"{service}/generate", {"prompt": "To be", "max_tokens": 5, "seed": 1,
+                                        "return_state": True})[0] == 200
+    assert declared_too_large(service) == 413
 
     # Exact counts: every request and every text the service saw is in Prometheus.
     prom.wait_for(f"sum(bentoml_service_request_total{{{SENTIMENT}}})", REQUESTS + 1)
@@ -167,7 +185,8 @@ def send_traffic_and_compare(service: str, prom: Prometheus) -> None:
     prom.wait_for('sum(rnnserve_batch_size_sum{job="rnn-serve", model="sentiment-rnn"})', texts)
     batches = prom.scalar('sum(rnnserve_batch_size_count{job="rnn-serve", model="sentiment-rnn"})')
     assert 1 < batches <= REQUESTS + 1
-    prom.wait_for('sum(rnnserve_errors_total{job="rnn-serve", endpoint="sentiment", kind="validation"})', 1)
+    # the empty list's 400 and the declared body's 413
+    prom.wait_for('sum(rnnserve_errors_total{job="rnn-serve", endpoint="sentiment", kind="validation"})', 2)
 
     # Request rate over the window that holds the burst: REQUESTS / window, give or take the
     # extrapolation to the window's edges (under one scrape interval each side).
