@@ -130,7 +130,7 @@ class Settings:
     rebalance: str = setting("on", "with per-worker sockets, on: a worker holding more than its "
                              "share of the active connections answers that many requests with "
                              "Connection: close, so their clients reconnect and the kernel places "
-                             "them afresh (service/balance.py); off: connections stay where the "
+                             "them afresh (service/transport/balance.py); off: connections stay where the "
                              "kernel's hash put them", choices=("on", "off"))
     timeout_s: float = setting(60.0, "a request still running after this long gets 504; a generation "
                                "request that cannot finish within it gets 429 at once", 1)
@@ -161,7 +161,7 @@ class Settings:
                                "comma-separated; '' for none", parse=lambda value: parse_public(value))
     coalesce_writes: str = setting("on", "on: what the HTTP server writes to a connection in one "
                                    "event-loop turn goes out as one send (an answer's headers and "
-                                   "body together; service/writes.py); off: each write as uvicorn "
+                                   "body together; service/transport/writes.py); off: each write as uvicorn "
                                    "makes it", choices=("on", "off"))
     access_log: str = setting("off", "on: BentoML's access log, a line per request (path, status, "
                               "time), which costs /sentiment ~8% of its requests/s at c=64; /metrics "
