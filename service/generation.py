@@ -127,10 +127,12 @@ class StepTimes:
     """Seconds per step of the batch as the loop has measured them, by batch size.
 
     A step's time grows with its rows, so each power-of-two size class has its own moving
-    average. A size not measured yet is predicted from the nearest larger one measured (an
-    overestimate), else scaled up linearly in rows from the largest smaller one (an
-    overestimate too: part of a step's time does not grow with its rows). Erring long sheds a
-    request that might have finished rather than letting it time out.
+    average. A size not measured yet is predicted from the largest smaller one measured: a lower
+    bound, since a step never gets faster with more rows. (Scaling it up in rows overestimates a
+    model whose step time is mostly fixed cost, and sheds requests that would finish.) With no
+    smaller size measured there is nothing to go by (None). A request is refused only when even
+    this estimate ends past the deadline; one admitted on too short an estimate still ends at
+    RNNSERVE_TIMEOUT_S, with 504.
     """
 
     def __init__(self) -> None:
@@ -148,17 +150,10 @@ class StepTimes:
             old + (1 - (1 - STEP_TIME_WEIGHT) ** steps) * (seconds_per_step - old))
 
     def predict(self, rows: int) -> float | None:
-        """Seconds per step at `rows` rows; None before any step was measured."""
+        """Seconds per step at `rows` rows; None before a step of that size or smaller was measured."""
         size = self.size_class(rows)
-        if size in self._seconds:
-            return self._seconds[size]
-        larger = [measured for measured in self._seconds if measured > size]
-        if larger:
-            return self._seconds[min(larger)]
-        if not self._seconds:
-            return None
-        largest = max(self._seconds)
-        return self._seconds[largest] * size / largest
+        smaller = [measured for measured in self._seconds if measured <= size]
+        return self._seconds[max(smaller)] if smaller else None
 
 
 class GenerationLoop(ModelLoop):

@@ -284,13 +284,15 @@ def test_a_request_that_would_end_past_the_deadline_is_refused_at_once(generator
         loop.check_deadline(402)
 
 
-def test_a_batch_size_not_measured_yet_is_predicted_long():
+def test_a_batch_size_not_measured_yet_is_predicted_from_the_largest_smaller_one():
     times = StepTimes()
     assert times.predict(1) is None
     times.add(3, 0.004, steps=1)  # size class 4
     assert times.predict(4) == times.predict(3) == 0.004
-    assert times.predict(1) == 0.004  # from the nearest larger class measured
-    assert times.predict(16) == pytest.approx(0.016)  # scaled up in rows from the largest
+    assert times.predict(1) is None  # only a larger size measured: nothing to go by
+    assert times.predict(16) == 0.004  # a lower bound: a step is never faster with more rows
+    times.add(9, 0.006, steps=1)  # size class 16
+    assert times.predict(64) == 0.006 and times.predict(8) == 0.004
     times.add(4, 0.002, steps=100)  # a moving average: 100 steps move it most of the way
     assert 0.002 < times.predict(4) < 0.003
 
