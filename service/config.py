@@ -155,6 +155,10 @@ class Settings:
                               "(else 401), but for the paths RNNSERVE_AUTH_PUBLIC names; compared "
                               "in constant time. Set it whenever the port is reachable by anyone "
                               "but trusted callers")
+    auth_token_file: str = setting("", "a file whose first line is the token, read at start "
+                                   "instead of RNNSERVE_AUTH_TOKEN (set one, not both): a mounted "
+                                   "secret stays out of the environment, which any process of the "
+                                   "same user can read in /proc/<pid>/environ")
     auth_public: str = setting("health,metrics", "with a token, the path groups that stay open: "
                                "any of health (/livez, /readyz, /healthz), metrics (/metrics) and "
                                "docs (/, /docs.json, BentoML's static files and /playground), "
@@ -218,6 +222,9 @@ class Settings:
                 except ValueError as error:
                     raise ValueError(f"{name}={raw!r}: {error}") from None
             values[field.name] = value
+        if values.get("auth_token_file"):
+            values["auth_token"] = read_token_file(values["auth_token_file"],
+                                                   "auth_token" in values)
         return cls(**values)
 
     @property
@@ -240,6 +247,21 @@ class Settings:
         """(variable, default, help) for every setting, in declaration order."""
         for field in dataclasses.fields(cls):
             yield env_name(field.name), field.default, field.metadata["help"]
+
+
+def read_token_file(path: str, token_set_too: bool) -> str:
+    """The token in the first line of `path`, for RNNSERVE_AUTH_TOKEN_FILE."""
+    name = env_name("auth_token_file")
+    if token_set_too:
+        raise ValueError(f"{name} and {env_name('auth_token')} are both set: set one")
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{name}={path!r}: cannot read it ({error})") from None
+    if not token:
+        raise ValueError(f"{name}={path!r}: its first line is empty")
+    return token
 
 
 def env_name(field_name: str) -> str:

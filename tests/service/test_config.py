@@ -101,3 +101,17 @@ def test_workers_default_to_the_usable_cpus_lowered_by_a_cgroup_quota(tmp_path, 
 def test_a_path_group_that_does_not_exist_stops_the_server():
     with pytest.raises(ValueError, match="RNNSERVE_AUTH_PUBLIC='health,admin'.*'admin' is not a path group"):
         Settings.from_env({"RNNSERVE_AUTH_PUBLIC": "health,admin"})
+
+
+def test_the_token_can_come_from_a_file_and_only_from_one_place(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cret-token  \nignored second line\n")
+    settings = Settings.from_env({"RNNSERVE_AUTH_TOKEN_FILE": str(secret)})
+    assert settings.auth_token == "s3cret-token"
+    with pytest.raises(ValueError, match="RNNSERVE_AUTH_TOKEN_FILE and RNNSERVE_AUTH_TOKEN are both set"):
+        Settings.from_env({"RNNSERVE_AUTH_TOKEN_FILE": str(secret), "RNNSERVE_AUTH_TOKEN": "other"})
+    with pytest.raises(ValueError, match="RNNSERVE_AUTH_TOKEN_FILE=.*cannot read it"):
+        Settings.from_env({"RNNSERVE_AUTH_TOKEN_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="RNNSERVE_AUTH_TOKEN_FILE=.*first line is empty"):
+        Settings.from_env({"RNNSERVE_AUTH_TOKEN_FILE": str(tmp_path / "empty")})

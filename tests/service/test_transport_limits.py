@@ -20,13 +20,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 TOKEN = "s3cret-token"
 LIMITS = {"RNNSERVE_HEADER_TIMEOUT_S": "1", "RNNSERVE_BODY_TIMEOUT_S": "1",
           "RNNSERVE_MAX_CONNECTIONS": "40", "RNNSERVE_MAX_HEADER_BYTES": "4096",
-          "RNNSERVE_MAX_HEADERS": "30", "RNNSERVE_MAX_BODY_BYTES": "100000", "RNNSERVE_AUTH_TOKEN": TOKEN}
+          "RNNSERVE_MAX_HEADERS": "30", "RNNSERVE_MAX_BODY_BYTES": "100000"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def server(tiny_shipped_dir, tmp_path_factory) -> Iterator[str]:
-    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp("limits"), **LIMITS) as url:
+    folder = tmp_path_factory.mktemp("limits")
+    (folder / "token").write_text(TOKEN + "\n")  # the token as a mounted secret
+    with running_server(tiny_shipped_dir, folder, RNNSERVE_AUTH_TOKEN_FILE=str(folder / "token"),
+                        **LIMITS) as url:
         yield url
 
 
