@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from training.flags import CommonRun
 
 
+class Pipeline(Protocol):
+    """A task's model with what it needs around it (CharGenerator, SentimentClassifier,
+    Translator): its module, and a save into an artifact folder."""
+
+    module: nn.Module
+
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactSpec:
     """What a training script ships: its names and card text, and how to save and score it."""
@@ -35,10 +44,9 @@ class ArtifactSpec:
     cell: str  # the recurrent cell, a store label
     summary: str  # the model card's opening paragraph
     data_sha256: dict[str, str]  # each data file the run read, by name
-    save: Callable[[Path], None]  # writes the artifact into a folder
+    model: Pipeline  # what ships: saved in float16
     # loads the artifact from a folder and scores it: (validation, test) metrics
     evaluate: Callable[[Path], tuple[dict[str, float], dict[str, float]]]
-    module: nn.Module  # the weights the artifact ships, for the parameter count
 
 
 @functools.cache
@@ -95,7 +103,7 @@ def run_metrics(spec: ArtifactSpec, validation: dict[str, float], test: dict[str
     return {
         "model": spec.name, "task": spec.task, "cell": spec.cell, "validation": validation,
         "test": test, "data_sha256": spec.data_sha256, "git_commit": git_commit(),
-        "parameters": parameter_count(spec.module),
+        "parameters": parameter_count(spec.model.module),
         "training_seconds": round(progress.seconds, 1), "hardware": hardware(device),
         "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
         "run_config": dataclasses.asdict(run),
@@ -138,12 +146,12 @@ def copy_to_store(folder: Path, spec: ArtifactSpec, metrics: dict[str, Any]) -> 
 
 def finish_artifact(spec: ArtifactSpec, run: CommonRun, progress: Progress, device: torch.device,
                     argv: list[str] | None) -> tuple[Path, dict[str, Any]]:
-    """Save, reload, evaluate exactly what ships, write metrics/card/curve, store it (--store).
+    """Save (fp16), reload, evaluate exactly what ships, write metrics/card/curve, store it (--store).
 
     Returns the artifact folder (in the store when `run.store`) and its metrics.
     """
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-"))
-    spec.save(folder)
+    spec.model.save(folder, dtype=torch.float16)
     validation, test = spec.evaluate(folder)
     metrics = run_metrics(spec, validation, test, run, progress, device, argv)
     write_card_files(folder, spec, metrics, progress.history)

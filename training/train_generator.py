@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{run.cell.upper()} ({run.hidden_size} units) over characters of Tiny Shakespeare. The loss "
         "is in nats per character on the nanoGPT validation split (last 10%), windows of 256 "
         "characters each from a zero state; the dataset has no separate test split.",
-        data_sha256=data.sha256_of("tinyshakespeare"),
-        save=lambda path: model.save(path, dtype=torch.float16), evaluate=evaluate, module=served)
+        data_sha256=data.sha256_of("tinyshakespeare"), model=model, evaluate=evaluate)
     folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: validation %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder)}

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         name=NAME, task="sentiment", cell=run.cell, summary=card_summary(run, config),
         data_sha256={**data.sha256_of("sst2"),
                      **(data.sha256_of("fdu_mtl") if run.data == "sst2+fdu_mtl" else {})},
-        save=lambda path: model.save(path, dtype=torch.float16), evaluate=evaluate, module=served)
+        model=model, evaluate=evaluate)
     folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: test %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder), "config": asdict(config)}

@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{run.cell.upper()} encoder, {run.attention} attention over the encoder outputs (masked on "
         f"padding), {run.cell.upper()} decoder, sentencepiece unigram pieces for both languages. "
         f"BLEU is sacreBLEU (13a) on detokenised output against the raw references.",
-        data_sha256=data.sha256_of(dataset),
-        save=lambda path: model.save(path, dtype=torch.float16), evaluate=evaluate, module=module)
+        data_sha256=data.sha256_of(dataset), model=model, evaluate=evaluate)
     folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: test %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder)}
