@@ -19,23 +19,19 @@ markdown to `--out` and prints it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from loadtest.in_process import command_line, measurement_parser, publish
 from loadtest.payloads import load_validation_texts
-from loadtest.report import publish
 from models.projected_lstm import pooled_recurrence
 from models.sentiment import EncodedText, SentimentClassifier
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
 BATCHES = (1, 4, 8, 16, 32, 64)
 BATCHES_PER_TIMING = 20
 PROFILING_RUNS = 3  # TorchScript's profiling executor optimises after the first calls
@@ -107,14 +103,9 @@ def measure(classifier: SentimentClassifier, reviews: list[EncodedText], rounds:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
-                        help="folder holding the sentiment-rnn artifact (the shipped one by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the service's default: 1)")
+    parser = measurement_parser(__doc__.splitlines()[0], "sentiment-rnn")
     parser.add_argument("--rounds", type=int, default=5, help="timings of each path per figure")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = parser.parse_args(argv)
-    shown = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(args.threads)
     classifier = SentimentClassifier.load(args.models / "sentiment-rnn")
     reviews = [classifier.encode(text) for text in load_validation_texts().reviews]
@@ -123,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     config = classifier.module.config
     publish("The classifier's batched path: ProjectedLSTM against torch's packed LSTM, and its "
             "recurrence by TorchScript against a Python loop",
-            " ".join(["python -m loadtest.projected_lstm", *shown]),
+            command_line("loadtest.projected_lstm", argv),
             f"{args.threads} torch thread(s), {BATCHES_PER_TIMING} batches per timing, {args.rounds} "
             f"rounds; medians. Model: {config.hidden_size} units, "
             f"{'bidirectional ' if config.bidirectional else ''}{config.cell}", lines, args.out)

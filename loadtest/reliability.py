@@ -40,7 +40,7 @@ from loadtest.endpoints import request_bodies
 from loadtest.payloads import ValidationTexts, load_validation_texts
 from loadtest.rawhttp import LOST, Answer, Connection, closed_loop
 from loadtest.reliability_report import Scenario, percentile, write_report
-from loadtest.server import REPO_ROOT, Server, export_tree, import_models, serving
+from loadtest.server import REPO_ROOT, Server, export_tree, import_models, serving, stop_server
 from models.artifact import WEIGHTS_FILE
 from training.store import SHIPPED_DIR
 
@@ -708,13 +708,7 @@ def tampered_artifact(workdir: Path, reference: dict | None, tree: Path) -> Scen
             time.sleep(0.2)
     finally:
         seconds = time.perf_counter() - started
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process)
     exited_itself = answered is None and seconds < START_TIMEOUT_S
     text = log_path.read_text(errors="replace")
     lines = [line for line in text.splitlines() if re.search(r"error|Error|sha256|corrupt|checksum", line)]

@@ -13,37 +13,20 @@ between their logits. Writes markdown to `--out` and prints it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 
+from loadtest.in_process import command_line, measurement_parser, milliseconds, publish
 from loadtest.payloads import load_validation_texts
-from loadtest.report import publish
 from models.generator import CharGenerator
 from models.rnn import from_state
 from models.vocab import SPECIALS
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
 BATCHES = (1, 8, 16, 32, 64)
+WARMUP = 5  # untimed calls before each figure
 PROMPTS = 50  # of the Tiny Shakespeare val prompts the load tests send
-
-
-def milliseconds(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `call` over `repeats` calls, after 5 untimed ones."""
-    for _ in range(5):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[str]:
@@ -61,8 +44,8 @@ def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[
     for batch in BATCHES:
         tokens = torch.randint(len(SPECIALS), len(generator.vocab.itos), (batch,))
         state = tuple(0.1 * torch.randn_like(part) for part in module.init_state(batch))
-        slow = milliseconds(partial(torch_module_step, tokens, state), repeats)
-        fast = milliseconds(partial(module.step, tokens, state), repeats)
+        slow = milliseconds(partial(torch_module_step, tokens, state), repeats, WARMUP)
+        fast = milliseconds(partial(module.step, tokens, state), repeats, WARMUP)
         gap = (torch_module_step(tokens, state) - module.step(tokens, state)[0]).abs().max().item()
         lines.append(f"| {batch} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x | {gap:.1e} |")
 
@@ -74,9 +57,9 @@ def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[
             module(ids)
 
     calls = max(3, repeats // 20)
-    with_onednn = milliseconds(prompt_passes, calls) / len(encoded)
+    with_onednn = milliseconds(prompt_passes, calls, WARMUP) / len(encoded)
     with torch.backends.mkldnn.flags(enabled=False):
-        without = milliseconds(prompt_passes, calls) / len(encoded)
+        without = milliseconds(prompt_passes, calls, WARMUP) / len(encoded)
     chars = statistics.median(ids.shape[1] for ids in encoded)
     lines += ["", "| one prompt at batch 1 (median characters) | oneDNN on (the module's path), ms | "
               "oneDNN off, ms |", "|---|---|---|",
@@ -85,21 +68,16 @@ def measure(generator: CharGenerator, prompts: list[str], repeats: int) -> list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
-                        help="folder holding the char-generator artifact (the shipped one by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the service's default: 1)")
+    parser = measurement_parser(__doc__.splitlines()[0], "char-generator")
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per figure")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = parser.parse_args(argv)
-    shown = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(args.threads)
     generator = CharGenerator.load(args.models / "char-generator")
     prompts = load_validation_texts().prompts[:PROMPTS]
     with torch.inference_mode():
         lines = measure(generator, prompts, args.repeats)
     publish("One generator step and one prompt, by torch path",
-            " ".join(["python -m loadtest.rnn_step", *shown]),
+            command_line("loadtest.rnn_step", argv),
             f"{args.threads} torch thread(s), {args.repeats} timed calls per step figure; medians",
             lines, args.out)
 

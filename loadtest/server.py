@@ -129,6 +129,12 @@ def serving(tree: Path, bentoml_home: Path, log_path: Path, settings: dict[str, 
             time.sleep(0.05)
         yield Server(process, url, time.perf_counter() - started)
     finally:
+        stop_server(process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM, so that the server drains; SIGKILL if it is still up 30 s later."""
+    if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)

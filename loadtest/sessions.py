@@ -13,37 +13,18 @@ Also the state's size, and how many sessions a server-side store would hold in 1
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 
-from loadtest.report import publish
+from loadtest.in_process import command_line, measurement_parser, milliseconds, publish
 from models.generator import CharGenerator, sample_next
 from models.quantize import with_precision
 from models.sequence_state import SequenceState, pack
 from service.config import Settings
 from service.sessions import Sessions
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "pretrained"
 HISTORIES = (1_000, 10_000)
 GIGABYTE = 10**9
-
-
-def milliseconds(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `call` over `repeats` calls, after 3 untimed ones."""
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+WARMUP = 3  # untimed calls before each figure
 
 
 @torch.inference_mode()
@@ -77,10 +58,10 @@ def measure(generator: CharGenerator, sessions: Sessions, repeats: int) -> list[
         token = sessions.seal(sequence)
         with torch.inference_mode():
             again = milliseconds(lambda text=history: first_character(generator.prime(text)[0]),
-                                 repeats)
+                                 repeats, WARMUP)
             resumed = milliseconds(
                 lambda sealed=token: first_character(generator.resume(sessions.open(sealed), "")[0]),
-                repeats)
+                repeats, WARMUP)
         lines.append(f"| {length:,} | {again:.2f} | {resumed:.3f} | {again / resumed:,.0f}x |")
     payload = len(pack(sessions.open(token)))
     lines += ["", "| state | bytes |", "|---|---|",
@@ -94,12 +75,8 @@ def measure(generator: CharGenerator, sessions: Sessions, repeats: int) -> list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
-                        help="folder holding the char-generator artifact (the shipped one by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the service's default: 1)")
+    parser = measurement_parser(__doc__.splitlines()[0], "char-generator")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per figure")
-    parser.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = Settings()
@@ -112,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                         {"parts": len(generator.module.init_state(1)), "num_layers": config.num_layers,
                          "hidden_size": config.hidden_size, "vocab_size": config.vocab_size})
     publish("Continuing a generation: state token against history",
-            "python -m loadtest.sessions " + " ".join(argv if argv is not None else sys.argv[1:]),
+            command_line("loadtest.sessions", argv),
             f"{args.threads} torch thread(s), generator {precision}, median of {args.repeats} calls",
             measure(generator, sessions, args.repeats), args.out)
 

@@ -22,9 +22,9 @@ from models.artifact import ArtifactError
 from models.generator import CharGenerator, CharLM, CharLMConfig
 from models.rnn import CELLS
 from models.vocab import Vocab
-from training import common, data
-from training.common import help_field
+from training import artifact_writer, checkpoints, data, devices, flags, loop
 from training.evaluate import char_loss
+from training.flags import help_field
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ NAME = "char-generator"
 
 
 @dataclass
-class RunConfig(common.CommonRun):
+class RunConfig(flags.CommonRun):
     cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
     embedding_dim: int = help_field(64, "character embedding size", minimum=1)
     hidden_size: int = help_field(448, "hidden units per layer", minimum=1)
     num_layers: int = help_field(2, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.25, "dropout between layers and before the head", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = common.weight_drop_field(0.3)
+    weight_drop: float = flags.weight_drop_field(0.3)
     seq_len: int = help_field(256, "characters per training window", minimum=2)
     batch_size: int = help_field(32, "windows per step (per process under torchrun)", minimum=1)
     steps: int = help_field(3600, "maximum optimizer steps", minimum=1)
@@ -90,33 +90,33 @@ def init_from_artifact(module: CharLM, vocab: Vocab, folder: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
-    device = common.resolve_device(run.device)
-    rank, world = common.init_distributed(device)
-    common.seed_everything(run.seed)
+    run = flags.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
+    device = devices.resolve_device(run.device)
+    rank, world = devices.init_distributed(device)
+    devices.seed_everything(run.seed)
 
     splits = data.shakespeare_splits()
     vocab = Vocab.build([splits["train"]])
     module = CharLM(model_config(run, len(vocab))).to(device)
     if run.init_from:
         init_from_artifact(module, vocab, run.init_from)
-    averaged, served, saved = common.weight_average(module, run.ema)
+    averaged, served, saved = loop.weight_average(module, run.ema)
     model = CharGenerator(served, vocab)
     train_ids = torch.tensor(model.encode(splits["train"]))
     log.info("%d training characters, vocab %d, %d parameters", len(train_ids), len(vocab),
              sum(p.numel() for p in module.parameters()))
 
-    ddp = common.wrap_ddp(module, device, world)
+    ddp = devices.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, run.steps) / run.steps)))
-    checkpoints = run.checkpoints(NAME)
-    progress = common.resume_or_start(run, checkpoints, saved, optimizer)
+    checkpoint_dir = run.checkpoints(NAME)
+    progress = checkpoints.resume_or_start(run, checkpoint_dir, saved, optimizer)
     schedule.last_epoch = progress.step
     # each rank and each resumed step draws its own windows
     generator = torch.Generator().manual_seed(run.seed * 1000 + rank * 100003 + progress.step)
     validate = {"max_windows": run.eval_windows or None}
-    minutes = common.Timer()
+    minutes = loop.Timer()
     def batch_loss(starts: list[int]) -> torch.Tensor:
         windows = torch.stack([train_ids[s: s + run.seq_len + 1] for s in starts])
         windows = windows.to(device)  # (B, T+1)
@@ -124,24 +124,24 @@ def main(argv: list[str] | None = None) -> dict:
         return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
 
     while progress.step < run.steps and progress.bad_epochs < run.patience:
-        timer = common.Timer()
+        timer = loop.Timer()
         # the windows' first characters, one batch per step until the next validation
         batches = [torch.randint(0, len(train_ids) - run.seq_len - 1, (run.batch_size,),
                                  generator=generator).tolist()
                    for _ in range(min(run.eval_every, run.steps - progress.step))]
-        train_loss = common.train_epoch(batches, batch_loss, optimizer, module, run.clip,
-                                        progress, rank, averaged, schedule,
-                                        precision=run.step_precision(device))
+        train_loss = loop.train_epoch(batches, batch_loss, optimizer, module, run.clip,
+                                      progress, rank, averaged, schedule,
+                                      precision=run.step_precision(device))
         served.eval()
         val = char_loss(model, splits["val"], **validate)["val_loss"]
-        best = common.end_epoch(progress, {"train_loss": train_loss, "val_loss": val}, val, False,
-                                timer.elapsed(), checkpoints, saved, optimizer, rank)
+        best = checkpoints.end_epoch(progress, {"train_loss": train_loss, "val_loss": val}, val, False,
+                                     timer.elapsed(), checkpoint_dir, saved, optimizer, rank)
         log.info("step %d: train loss %.4f, val loss %.4f nats/char%s (%.0f s)", progress.step,
                  train_loss, val, " (best)" if best else "", timer.elapsed())
         if run.max_minutes and minutes.elapsed() > 60 * run.max_minutes:
             log.info("time budget of %.0f minutes reached", run.max_minutes)
             break
-    if not common.end_training(world, rank, checkpoints, saved):
+    if not checkpoints.end_training(world, rank, checkpoint_dir, saved):
         return {}
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
@@ -149,15 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         result = char_loss(CharGenerator.load(folder), splits["val"])
         return result, result
 
-    folder, metrics = common.finish_artifact(
-        NAME, "generator", run.cell,
-        f"One-to-many character-level language model: {run.num_layers}-layer {run.cell.upper()} "
-        f"({run.hidden_size} units) over characters of Tiny Shakespeare. The loss is in nats per "
-        "character on the nanoGPT validation split (last 10%), windows of 256 characters each "
-        "from a zero state; the dataset has no separate test split.",
-        save=lambda path: model.save(path, dtype=torch.float16),
-        evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,
-        data_sha256=data.sha256_of("tinyshakespeare"), argv=argv, store=run.store)
+    spec = artifact_writer.ArtifactSpec(
+        name=NAME, task="generator", cell=run.cell,
+        summary=f"One-to-many character-level language model: {run.num_layers}-layer "
+        f"{run.cell.upper()} ({run.hidden_size} units) over characters of Tiny Shakespeare. The loss "
+        "is in nats per character on the nanoGPT validation split (last 10%), windows of 256 "
+        "characters each from a zero state; the dataset has no separate test split.",
+        data_sha256=data.sha256_of("tinyshakespeare"), model=model, evaluate=evaluate)
+    folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: validation %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder)}
 

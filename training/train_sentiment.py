@@ -22,9 +22,9 @@ from models.rnn import CELLS
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN, truncate_tokens
 from models.text import LATEST_NORMALIZER, NORMALIZERS, sentiment_tokens
 from models.vocab import Vocab
-from training import common, data, store
-from training.common import help_field
+from training import artifact_writer, batching, checkpoints, data, devices, flags, loop, store
 from training.evaluate import domain_accuracy, sentiment_accuracy
+from training.flags import help_field
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ DATA_CHOICES = ("sst2", "sst2+fdu_mtl")
 
 
 @dataclass
-class RunConfig(common.CommonRun):
+class RunConfig(flags.CommonRun):
     cell: str = help_field("lstm", "recurrent cell", choices=CELLS)
     embedding_dim: int = help_field(300, "word embedding size", minimum=1)
     hidden_size: int = help_field(256, "hidden units per direction", minimum=1)
     num_layers: int = help_field(1, "stacked recurrent layers", minimum=1)
     dropout: float = help_field(0.5, "dropout on embeddings and pooled features", minimum=0.0,
                                 maximum=1.0)
-    weight_drop: float = common.weight_drop_field(0.3)
+    weight_drop: float = flags.weight_drop_field(0.3)
     subword_buckets: int = help_field(16384, "hash table size for character 3-5-gram embeddings added "
                                       "to each word's (0 = words only)", minimum=0)
     min_freq: int = help_field(2, "keep words seen at least this often in train", minimum=1)
@@ -217,10 +217,10 @@ def card_summary(run: RunConfig, config: SentimentConfig) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
-    device = common.resolve_device(run.device)
-    rank, world = common.init_distributed(device)
-    common.seed_everything(run.seed)
+    run = flags.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
+    device = devices.resolve_device(run.device)
+    rank, world = devices.init_distributed(device)
+    devices.seed_everything(run.seed)
 
     splits = data.sst2_splits()
     fdu = data.fdu_mtl_splits() if run.data == "sst2+fdu_mtl" else {"train": {}, "dev": {},
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     if run.init_from:
         init_from(run.init_from, module, vocab)
     module = module.to(device)
-    averaged, served, saved = common.weight_average(module, run.ema)
+    averaged, served, saved = loop.weight_average(module, run.ema)
     model = SentimentClassifier(served, vocab)
     encoded = [model.encode(text) for text, _ in train]
     labels = torch.tensor([label for _, label in train])
@@ -246,12 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("%d training texts (%s), vocab %d, %d parameters", len(train), run.data, len(vocab),
              sum(p.numel() for p in module.parameters()))
 
-    ddp = common.wrap_ddp(module, device, world)
+    ddp = devices.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr, weight_decay=run.weight_decay)
-    checkpoints = run.checkpoints(NAME)
-    progress = common.resume_or_start(run, checkpoints, saved, optimizer)
-    epochs = common.epoch_batches([len(s) for s in encoded], run.batch_size, run.seed, rank, world,
-                                  progress.epoch)
+    checkpoint_dir = run.checkpoints(NAME)
+    progress = checkpoints.resume_or_start(run, checkpoint_dir, saved, optimizer)
+    epochs = batching.epoch_batches([len(s) for s in encoded], run.batch_size, run.seed, rank, world,
+                                    progress.epoch)
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
         inputs = SentimentClassifier.collate([encoded[i] for i in batch]).to(device)
@@ -262,19 +262,19 @@ def main(argv: list[str] | None = None) -> dict:
                                  run.distill_weight, run.distill_temperature)
 
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
-        timer = common.Timer()
-        train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
-                                        progress, rank, averaged,
-                                        precision=run.step_precision(device))
+        timer = loop.Timer()
+        train_loss = loop.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
+                                      progress, rank, averaged,
+                                      precision=run.step_precision(device))
         served.eval()
         dev = dev_scores(model, splits["dev"], fdu["dev"])
-        best = common.end_epoch(progress, {"train_loss": train_loss,
-                                           **{f"dev_{k}": v for k, v in dev.items()}},
-                                dev["selection"], True, timer.elapsed(), checkpoints, saved,
-                                optimizer, rank)
+        best = checkpoints.end_epoch(progress, {"train_loss": train_loss,
+                                                **{f"dev_{k}": v for k, v in dev.items()}},
+                                     dev["selection"], True, timer.elapsed(), checkpoint_dir, saved,
+                                     optimizer, rank)
         log.info("epoch %d: train loss %.4f, dev %s%s (%.0f s)", progress.epoch, train_loss, dev,
                  " (best)" if best else "", timer.elapsed())
-    if not common.end_training(world, rank, checkpoints, saved):
+    if not checkpoints.end_training(world, rank, checkpoint_dir, saved):
         return {}
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
@@ -286,13 +286,12 @@ def main(argv: list[str] | None = None) -> dict:
                     **{f"fdu_{domain}": value for domain, value in by_domain.items()}}
         return dev_scores(shipped, splits["dev"], fdu["dev"]), test
 
-    folder, metrics = common.finish_artifact(
-        NAME, "sentiment", run.cell, card_summary(run, config),
-        save=lambda path: model.save(path, dtype=torch.float16),
-        evaluate=evaluate, module=served, run_config=run, progress=progress, device=device,
+    spec = artifact_writer.ArtifactSpec(
+        name=NAME, task="sentiment", cell=run.cell, summary=card_summary(run, config),
         data_sha256={**data.sha256_of("sst2"),
                      **(data.sha256_of("fdu_mtl") if run.data == "sst2+fdu_mtl" else {})},
-        argv=argv, store=run.store)
+        model=model, evaluate=evaluate)
+    folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: test %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder), "config": asdict(config)}
 

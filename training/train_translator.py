@@ -20,9 +20,9 @@ from models.rnn import CELLS
 from models.text import normalize_translation
 from models.translator import ATTENTIONS, Seq2Seq, Translator, TranslatorConfig
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
-from training import common, data
-from training.common import help_field
+from training import artifact_writer, batching, checkpoints, data, devices, flags, loop
 from training.evaluate import translation_bleu
+from training.flags import help_field
 from training.subwords import train_sentencepiece
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ PAIRS = {"de-en": ("translator-de-en", "multi30k"), "ko-en": ("translator-ko-en"
 
 
 @dataclass
-class RunConfig(common.CommonRun):
+class RunConfig(flags.CommonRun):
     pair: str = help_field("de-en", "language pair", choices=tuple(PAIRS))
     cell: str = help_field("gru", "recurrent cell", choices=CELLS)
     attention: str = help_field("additive", "attention score", choices=ATTENTIONS)
@@ -75,12 +75,12 @@ def splits_for(pair: str) -> dict[str, list[tuple[str, str]]]:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = common.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
+    run = flags.parse_config(RunConfig, argv, PROFILES, __doc__.splitlines()[0])
     name, dataset = PAIRS[run.pair]
     source_lang, target_lang = run.pair.split("-")
-    device = common.resolve_device(run.device)
-    rank, world = common.init_distributed(device)
-    common.seed_everything(run.seed)
+    device = devices.resolve_device(run.device)
+    rank, world = devices.init_distributed(device)
+    devices.seed_everything(run.seed)
 
     splits = splits_for(run.pair)
     train = splits["train"][: run.train_limit or None]
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
              len(train) - len(keep), config.source_vocab_size, config.target_vocab_size,
              sum(p.numel() for p in module.parameters()))
 
-    ddp = common.wrap_ddp(module, device, world)
+    ddp = devices.wrap_ddp(module, device, world)
     optimizer = torch.optim.Adam(module.parameters(), lr=run.lr)
-    checkpoints = run.checkpoints(name)
-    progress = common.resume_or_start(run, checkpoints, module, optimizer)
-    epochs = common.epoch_batches([len(s) for s in sources], run.batch_size, run.seed, rank, world,
-                                  progress.epoch)
+    checkpoint_dir = run.checkpoints(name)
+    progress = checkpoints.resume_or_start(run, checkpoint_dir, module, optimizer)
+    epochs = batching.epoch_batches([len(s) for s in sources], run.batch_size, run.seed, rank, world,
+                                    progress.epoch)
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
         source, lengths = model.collate([sources[i] for i in batch])
@@ -121,20 +121,20 @@ def main(argv: list[str] | None = None) -> dict:
                                ignore_index=PAD_ID, label_smoothing=run.label_smoothing)
 
     while progress.epoch < run.epochs and progress.bad_epochs < run.patience:
-        timer = common.Timer()
-        train_loss = common.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
-                                        progress, rank,
-                                        precision=run.step_precision(device))
+        timer = loop.Timer()
+        train_loss = loop.train_epoch(next(epochs), batch_loss, optimizer, module, run.clip,
+                                      progress, rank,
+                                      precision=run.step_precision(device))
         module.eval()
         bleu = translation_bleu(model, val)["bleu"]
-        best = common.end_epoch(progress, {"train_loss": train_loss, "val_bleu": bleu},
-                                bleu, True, timer.elapsed(), checkpoints, module, optimizer, rank)
+        best = checkpoints.end_epoch(progress, {"train_loss": train_loss, "val_bleu": bleu},
+                                     bleu, True, timer.elapsed(), checkpoint_dir, module, optimizer, rank)
         if not best:
             for group in optimizer.param_groups:
                 group["lr"] /= 2
         log.info("epoch %d: train loss %.4f, val BLEU %.2f%s (%.0f s)", progress.epoch,
                  train_loss, bleu, " (best)" if best else "", timer.elapsed())
-    if not common.end_training(world, rank, checkpoints, module):
+    if not checkpoints.end_training(world, rank, checkpoint_dir, module):
         return {}
 
     def evaluate(folder: Path) -> tuple[dict, dict]:
@@ -145,15 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "bleu_lowercase_greedy": greedy["bleu_lowercase"]}
         return translation_bleu(shipped, val), test
 
-    folder, metrics = common.finish_artifact(
-        name, "translator", run.cell,
-        f"Many-to-many {source_lang}->{target_lang} translator: bidirectional {run.cell.upper()} "
-        f"encoder, {run.attention} attention over the encoder outputs (masked on padding), "
-        f"{run.cell.upper()} decoder, sentencepiece unigram pieces for both languages. "
+    spec = artifact_writer.ArtifactSpec(
+        name=name, task="translator", cell=run.cell,
+        summary=f"Many-to-many {source_lang}->{target_lang} translator: bidirectional "
+        f"{run.cell.upper()} encoder, {run.attention} attention over the encoder outputs (masked on "
+        f"padding), {run.cell.upper()} decoder, sentencepiece unigram pieces for both languages. "
         f"BLEU is sacreBLEU (13a) on detokenised output against the raw references.",
-        save=lambda path: model.save(path, dtype=torch.float16),
-        evaluate=evaluate, module=module, run_config=run, progress=progress, device=device,
-        data_sha256=data.sha256_of(dataset), argv=argv, store=run.store)
+        data_sha256=data.sha256_of(dataset), model=model, evaluate=evaluate)
+    folder, metrics = artifact_writer.finish_artifact(spec, run, progress, device, argv)
     log.info("artifact %s: test %s", folder, metrics["test"])
     return {**metrics, "folder": str(folder)}
 

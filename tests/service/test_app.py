@@ -9,22 +9,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.generator import CharGenerator
 from models.quantize import with_precision
-from models.sentiment import LABELS, EncodedText, SentimentClassifier
+from models.sentiment import LABELS, EncodedText
 from models.translator import Translator
 from models.vocab import UNK_ID
 from service.config import Settings
 
-from support.server import running_server
+from support.server import fire_concurrently, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -39,33 +36,8 @@ GERMAN = ["ein mann fährt fahrrad", "", "der film ist gut und nicht lang",
           "a very long plot " * 10, "kurz"]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_shipped_dir, tmp_path_factory) -> Iterator[str]:
-    """The URL of one server for this module, serving the four tiny random models."""
-    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp("server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
-
-
 # In-process references at the precision the service gives each task's models by default.
 PRECISIONS = Settings().precisions
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_shipped_dir) -> SentimentClassifier:
-    loaded = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
-    return SentimentClassifier(with_precision(loaded.module, PRECISIONS["sentiment"]), loaded.vocab)
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_shipped_dir) -> CharGenerator:
-    loaded = CharGenerator.load(tiny_shipped_dir / "char-generator")
-    return CharGenerator(with_precision(loaded.module, PRECISIONS["generator"]), loaded.vocab)
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +58,6 @@ def assert_same_sentiment(got: list[dict], expected: list[dict]) -> None:
     for result, reference in zip(got, expected, strict=True):
         assert list(result["probabilities"].values()) == pytest.approx(
             list(reference["probabilities"].values()), abs=1e-6)
-
-
-def fire_concurrently(server: str, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
-    """All requests at once, each on its own connection, answers in request order."""
-    def send(request: tuple[str, dict]) -> httpx.Response:
-        with httpx.Client(base_url=server, timeout=120) as client:
-            return client.post(request[0], json=request[1])
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        return list(pool.map(send, requests))
 
 
 # -- health and discovery ---------------------------------------------------------------------
@@ -128,11 +90,11 @@ def test_models_lists_the_four_models(client):
 # -- happy paths, equal to the in-process pipelines ------------------------------------------------
 
 
-def test_sentiment_answers_in_order_with_the_models_probabilities(client, classifier):
+def test_sentiment_answers_in_order_with_the_models_probabilities(client, served_classifier):
     response = post(client, "/sentiment", {"texts": REVIEWS})
     assert response.status_code == 200
     results = response.json()
-    expected = classifier.predict_proba(REVIEWS).tolist()
+    expected = served_classifier.predict_proba(REVIEWS).tolist()
     assert len(results) == len(REVIEWS)
     for result, probabilities in zip(results, expected, strict=True):
         assert set(result) == {"label", "score", "probabilities"}
@@ -142,27 +104,27 @@ def test_sentiment_answers_in_order_with_the_models_probabilities(client, classi
         assert result["score"] == pytest.approx(max(probabilities), abs=1e-6)
 
 
-def test_empty_sentiment_text_gets_the_models_prior(client, classifier):
+def test_empty_sentiment_text_gets_the_models_prior(client, served_classifier):
     result = post(client, "/sentiment", {"texts": [""]}).json()[0]
-    prior = classifier.predict_ids([EncodedText([UNK_ID], [()])])[0].tolist()  # no subwords either
+    prior = served_classifier.predict_ids([EncodedText([UNK_ID], [()])])[0].tolist()  # no subwords either
     assert list(result["probabilities"].values()) == pytest.approx(prior, abs=1e-6)
 
 
-def test_generate_returns_the_seeded_continuation(client, generator):
+def test_generate_returns_the_seeded_continuation(client, served_generator):
     body = {"prompt": "To be, or not", "max_tokens": 60, "temperature": 0.9, "top_k": 10, "seed": 7}
     response = post(client, "/generate", body)
     assert response.status_code == 200
     result = response.json()
     assert set(result) == {"text", "tokens"}
     assert result["tokens"] == len(result["text"]) == 60
-    assert result["text"] == generator.generate("To be, or not", 60, 0.9, 10, seed=7)
+    assert result["text"] == served_generator.generate("To be, or not", 60, 0.9, 10, seed=7)
     assert post(client, "/generate", body).json() == result
 
 
-def test_generate_defaults_and_empty_prompt(client, generator):
+def test_generate_defaults_and_empty_prompt(client, served_generator):
     result = post(client, "/generate", {"prompt": "", "seed": 1}).json()
     assert result["tokens"] == 200
-    assert result["text"] == generator.generate("", 200, 0.8, 0, seed=1)
+    assert result["text"] == served_generator.generate("", 200, 0.8, 0, seed=1)
     unseeded = [post(client, "/generate", {"prompt": "a", "max_tokens": 30}).json()["text"]
                 for _ in range(2)]
     assert unseeded[0] != unseeded[1]  # null seed: a fresh random seed per request

@@ -8,7 +8,6 @@ and the bodies of its failed requests against the schemas it declares for them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,18 +19,6 @@ from openapi_spec_validator import validate
 from support.server import running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_shipped_dir, tmp_path_factory) -> Iterator[str]:
-    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp("server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
 
 
 def read_stream(client: httpx.Client, body: dict) -> tuple[list[str], list[tuple[str, str]]]:

@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-import torch
 from pydantic import TypeAdapter, ValidationError
 
 from models.sentiment import explanation_inputs
@@ -19,13 +18,7 @@ from service.schemas import GenerateResult, SentimentResult, request_models
 
 from support.tiny_models import make_tiny_generator, make_tiny_sentiment
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- requests and answers ---------------------------------------------------------------------------

@@ -5,62 +5,21 @@ in-process; requests without the new options must be answered exactly as before.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
-from models.generator import CharGenerator
-from models.quantize import with_precision
-from models.sentiment import SentimentClassifier, explanation, explanation_inputs
-from service.config import Settings
+from models.sentiment import explanation, explanation_inputs
 
-from support.server import running_server
+from support.server import fire_concurrently
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-PRECISIONS = Settings().precisions
 REVIEW = "It's not very funny, but the plot is great!"
-
-
-@pytest.fixture(scope="module")
-def server(tiny_shipped_dir, tmp_path_factory) -> Iterator[str]:
-    with running_server(tiny_shipped_dir, tmp_path_factory.mktemp("server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_shipped_dir) -> SentimentClassifier:
-    loaded = SentimentClassifier.load(tiny_shipped_dir / "sentiment-rnn")
-    return SentimentClassifier(with_precision(loaded.module, PRECISIONS["sentiment"]), loaded.vocab)
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_shipped_dir) -> CharGenerator:
-    loaded = CharGenerator.load(tiny_shipped_dir / "char-generator")
-    return CharGenerator(with_precision(loaded.module, PRECISIONS["generator"]), loaded.vocab)
 
 
 def compact(content: bytes) -> bytes:
     """The answer re-encoded as the service writes JSON: compact, in its own key order."""
     return json.dumps(json.loads(content), ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def fire_concurrently(server: str, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
-    """All requests at once, each on its own connection, answers in request order."""
-    def send(request: tuple[str, dict]) -> httpx.Response:
-        with httpx.Client(base_url=server, timeout=120) as client:
-            return client.post(request[0], json=request[1])
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        return list(pool.map(send, requests))
 
 
 def sse_events(body: bytes) -> list[str]:
@@ -100,7 +59,7 @@ def test_requests_without_the_new_options_get_the_old_answers(client):
 # -- /sentiment explain -----------------------------------------------------------------------------
 
 
-def test_explain_gives_tokens_trajectory_and_importance_ending_at_the_score(client, classifier):
+def test_explain_gives_tokens_trajectory_and_importance_ending_at_the_score(client, served_classifier):
     texts = [REVIEW, "", "good"]
     answers = client.post("/sentiment", json={"texts": texts, "explain": True}).json()
     plain = client.post("/sentiment", json={"texts": texts}).json()
@@ -114,7 +73,8 @@ def test_explain_gives_tokens_trajectory_and_importance_ending_at_the_score(clie
             continue
         assert answer["trajectory"][-1] == answer["probabilities"]["positive"]
         assert answer["score"] == answer["probabilities"][answer["label"]]
-        expected = explanation(classifier.predict_ids(explanation_inputs(classifier.encode(text))).tolist())
+        inputs = explanation_inputs(served_classifier.encode(text))
+        expected = explanation(served_classifier.predict_ids(inputs).tolist())
         assert answer["trajectory"] == pytest.approx(expected[0], abs=1e-6)
         assert answer["importance"] == pytest.approx(expected[1], abs=1e-6)
     assert answers[0]["tokens"] == ["it", "'s", "not", "very", "funny", ",", "but", "the", "plot", "is",
@@ -150,11 +110,11 @@ def test_explain_over_its_caps_is_a_400_naming_the_field(client, body, message):
 # -- /generate logprobs and /score ------------------------------------------------------------------
 
 
-def test_generate_with_logprobs_gives_an_entry_per_character(client, generator):
+def test_generate_with_logprobs_gives_an_entry_per_character(client, served_generator):
     body = {"prompt": "To be", "max_tokens": 80, "seed": 3, "temperature": 0.7, "top_k": 4}
     plain = client.post("/generate", json=body).json()
     answer = client.post("/generate", json={**body, "logprobs": 5}).json()
-    assert answer["text"] == plain["text"] == generator.generate("To be", 80, 0.7, 4, seed=3)
+    assert answer["text"] == plain["text"] == served_generator.generate("To be", 80, 0.7, 4, seed=3)
     assert "".join(e["char"] for e in answer["logprobs"]) == answer["text"]
     for entry in answer["logprobs"]:
         assert len(entry["top"]) == 4  # top_k 4 leaves 4 of the 5 asked for possible
@@ -185,12 +145,12 @@ def test_generate_stream_with_logprobs_sends_them_with_each_chunk(client):
     assert [e for event in events for e in event["logprobs"]] == whole["logprobs"]
 
 
-def test_score_marks_unknown_characters_and_batched_equals_alone(server, client, generator):
+def test_score_marks_unknown_characters_and_batched_equals_alone(server, client, served_generator):
     answer = client.post("/score", json={"text": "ab\u00e9c", "prompt": "x"}).json()
     assert answer["surprisal"][2] is None and None not in answer["surprisal"][:2]
     known = [s for s in answer["surprisal"] if s is not None]
     assert answer["nats_per_char"] == pytest.approx(sum(known) / 3)
-    assert answer["surprisal"][0] == pytest.approx(generator.score("ab\u00e9c", "x")[0], abs=1e-5)
+    assert answer["surprisal"][0] == pytest.approx(served_generator.score("ab\u00e9c", "x")[0], abs=1e-5)
     bodies = [{"text": "hello there, friend", "prompt": ""}, {"text": "a"},
               {"text": "xyz", "prompt": "To be"}]
     alone = [client.post("/score", json=body).json() for body in bodies]

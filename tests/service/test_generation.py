@@ -12,21 +12,7 @@ from models.generator import CharGenerator
 from service.batching import Overloaded
 from service.generation import Generation, GenerationLoop, StepTimes, finish_steps
 
-from support.tiny_models import make_tiny_generator
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """As the service runs (RNNSERVE_TORCH_THREADS=1): two threads each wanting every core crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=["gru", "lstm"])
-def generator(request):
-    return make_tiny_generator(cell=request.param)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 async def collect(loop: GenerationLoop, prompt: str, max_tokens: int, seed: int | None,

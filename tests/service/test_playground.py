@@ -20,7 +20,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.server import running_server
@@ -37,12 +36,6 @@ def server(tiny_shipped_dir, tmp_path_factory) -> Iterator[str]:
     shipped = os.environ.get("RNNSERVE_PLAYGROUND_MODELS") == "shipped"
     with running_server(None if shipped else tiny_shipped_dir, tmp_path_factory.mktemp("server")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def api(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +124,9 @@ def severe_console_messages(browser) -> list[str]:
 # -- the first look -----------------------------------------------------------------------------------
 
 
-def test_the_page_loads_with_every_example_rendered_and_breaks_no_policy(page, api, screenshots):
+def test_the_page_loads_with_every_example_rendered_and_breaks_no_policy(page, client, screenshots):
     text = element(page, "#sentiment-text").get_attribute("value")
-    [explained] = api.post("/sentiment", json={"texts": [text], "explain": True}).json()
+    [explained] = client.post("/sentiment", json={"texts": [text], "explain": True}).json()
     assert count(page, "#sentiment-chart circle.point") == len(explained["tokens"]) > 5
     assert element(page, "#sentiment-label").text.startswith(explained["label"])
     assert count(page, "#generation-output span.char") == 300
@@ -159,13 +152,13 @@ def test_every_input_has_a_label_and_the_page_fits_a_narrow_window(page, screens
 # -- each panel, used as a person would -------------------------------------------------------------
 
 
-def test_sentiment_draws_a_point_per_word_and_shades_each_word(page, api, screenshots):
+def test_sentiment_draws_a_point_per_word_and_shades_each_word(page, client, screenshots):
     from selenium.webdriver.common.keys import Keys
 
     text = "A dull start, but the actors are wonderful"
     replace_text(page, "#sentiment-text", text)
     element(page, "#sentiment-text").send_keys(Keys.CONTROL, Keys.ENTER)  # the keyboard sends it
-    [explained] = api.post("/sentiment", json={"texts": [text], "explain": True}).json()
+    [explained] = client.post("/sentiment", json={"texts": [text], "explain": True}).json()
     wait_for(page, lambda: count(page, "#sentiment-chart circle.point") == len(explained["tokens"]) == 9)
     words = page.find_elements("css selector", "#sentiment-words .word")
     assert [word.text for word in words] == explained["tokens"]
@@ -177,7 +170,7 @@ def test_sentiment_draws_a_point_per_word_and_shades_each_word(page, api, screen
     panel_screenshot(page, "#sentiment", screenshots / "sentiment.png")
 
 
-def test_generation_text_streams_in_and_grows_then_equals_generate(page, api, screenshots):
+def test_generation_text_streams_in_and_grows_then_equals_generate(page, client, screenshots):
     # record the number of characters shown each time the page adds some
     page.execute_script("""
         window.seen = [];
@@ -195,7 +188,7 @@ def test_generation_text_streams_in_and_grows_then_equals_generate(page, api, sc
     assert len(set(seen)) > 1 and seen == sorted(seen) and seen[-1] == 2000  # it grew, chunk by chunk
     shown = page.execute_script("return [...document.querySelectorAll('#generation-output span.char')]"
                                 ".map(s => s.textContent).join('')")
-    answer = api.post("/generate", json={"prompt": "To be", "temperature": 1.0, "top_k": 0, "seed": 7,
+    answer = client.post("/generate", json={"prompt": "To be", "temperature": 1.0, "top_k": 0, "seed": 7,
                                          "max_tokens": 2000}).json()
     assert shown == answer["text"]
     assert "p = " in element(page, "#generation-output span.char").get_attribute("title")
@@ -208,13 +201,13 @@ def test_generation_text_streams_in_and_grows_then_equals_generate(page, api, sc
 
 @pytest.mark.parametrize(("source", "text"), [("de", "Zwei Hunde spielen im Schnee."),
                                               ("ko", "두 마리의 개가 눈 속에서 놀고 있다.")])
-def test_translation_draws_a_cell_per_source_and_target_piece(page, api, screenshots, source, text):
+def test_translation_draws_a_cell_per_source_and_target_piece(page, client, screenshots, source, text):
     from selenium.webdriver.support.ui import Select
 
     Select(element(page, "#translation-source")).select_by_value(source)
     replace_text(page, "#translation-text", text)
     element(page, "#translation-form button[type=submit]").click()
-    [answer] = api.post("/translate", json={"texts": [text], "source": source,
+    [answer] = client.post("/translate", json={"texts": [text], "source": source,
                                             "return_attention": True}).json()
     cells = len(answer["source_tokens"]) * len(answer["target_tokens"])
     shown = answer["translation"] or "(empty translation)"
@@ -225,8 +218,8 @@ def test_translation_draws_a_cell_per_source_and_target_piece(page, api, screens
     panel_screenshot(page, "#translation", screenshots / f"translation-{source}.png")
 
 
-def test_models_panel_lists_what_models_says(page, api, screenshots):
-    models = api.get("/models").json()
+def test_models_panel_lists_what_models_says(page, client, screenshots):
+    models = client.get("/models").json()
     rows = [[cell.text for cell in row.find_elements("tag name", "td")]
             for row in page.find_elements("css selector", "#models-table tbody tr")]
     assert [row[0] for row in rows] == [model["tag"] for model in models]

@@ -17,20 +17,7 @@ from models.sequence_state import SequenceState, pack, unpack
 from service.generation import GenerationLoop
 from service.sessions import Sessions, StateRefused, key_from, session_stream
 
-from support.tiny_models import make_tiny_generator
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=["gru", "lstm"])
-def generator(request):
-    return make_tiny_generator(cell=request.param)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sessions_for(generator, key: bytes = b"k" * 32, tag: str = "generator:v1",

@@ -19,9 +19,11 @@ from models.sentiment import SentimentClassifier, SentimentRNN
 from models.translator import Translator
 from models.vocab import Vocab
 from training import (
-    common,
+    artifact_writer,
     data,
     evaluate,
+    flags,
+    loop,
     train_generator,
     train_sentiment,
     train_translator,
@@ -172,7 +174,7 @@ def test_generator_init_from_goes_on_from_an_artifact_and_refuses_another_archit
                               "--init-from", first["folder"], "--checkpoint-dir", str(tmp_path / "c")])
 
 
-@pytest.mark.skipif(not common.cpu_has_bfloat16(), reason="this CPU has no bfloat16 in oneDNN")
+@pytest.mark.skipif(not flags.cpu_has_bfloat16(), reason="this CPU has no bfloat16 in oneDNN")
 def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(tmp_path,
                                                                                monkeypatch):
     seen = []
@@ -196,7 +198,7 @@ def test_autocast_bfloat16_runs_the_steps_in_bfloat16_and_keeps_float32_weights(
 
 
 def test_autocast_bfloat16_on_a_cpu_without_it_stops_with_the_flag_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(flags, "cpu_has_bfloat16", lambda: False)
     with pytest.raises(SystemExit, match="--autocast bfloat16: this CPU has no bfloat16"):
         train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10",
                               "--autocast", "bfloat16", "--no-store",
@@ -205,22 +207,22 @@ def test_autocast_bfloat16_on_a_cpu_without_it_stops_with_the_flag_named(tmp_pat
 
 def test_the_artifact_names_the_commit_its_run_started_from(tmp_path, monkeypatch):
     head = ["a" * 40]
-    train_epoch = common.train_epoch
+    train_epoch = loop.train_epoch
 
     def train_and_move_head(*args, **kwargs):
         loss = train_epoch(*args, **kwargs)
         head[0] = "b" * 40  # someone commits while the run trains
         return loss
 
-    monkeypatch.setattr(common, "train_epoch", train_and_move_head)
-    monkeypatch.setattr(common.subprocess, "run",
+    monkeypatch.setattr(loop, "train_epoch", train_and_move_head)
+    monkeypatch.setattr(artifact_writer.subprocess, "run",
                         lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, head[0], ""))
-    common.git_commit.cache_clear()
+    artifact_writer.git_commit.cache_clear()
     try:
         metrics = train_generator.main(["--profile", "quick", "--steps", "10", "--eval-every", "10",
                                         "--no-store", "--checkpoint-dir", str(tmp_path / "ck")])
     finally:
-        common.git_commit.cache_clear()
+        artifact_writer.git_commit.cache_clear()
     assert metrics["git_commit"] == "a" * 40
 
 

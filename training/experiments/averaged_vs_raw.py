@@ -18,7 +18,7 @@ import torch
 
 from models.generator import CharGenerator, CharLM
 from models.vocab import Vocab
-from training import common, data, train_generator
+from training import data, flags, loop, train_generator
 from training.evaluate import char_loss
 
 
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="last.pt or best.pt of a run with --ema")
     args, rest = parser.parse_known_args(argv)
-    run = common.parse_config(train_generator.RunConfig, rest, train_generator.PROFILES,
-                              "train_generator flags that describe the checkpoint")
+    run = flags.parse_config(train_generator.RunConfig, rest, train_generator.PROFILES,
+                             "train_generator flags that describe the checkpoint")
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     state = state["model"] if "progress" in state else state  # last.pt wraps it with the optimizer
     splits = data.shakespeare_splits()
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     module = CharLM(train_generator.model_config(run, len(vocab))).eval()
     # the layout train_generator checkpoints, the raw module and its average side by side (the
     # decay only matters while training, any nonzero one builds the layout)
-    _, served, saved = common.weight_average(module, run.ema or 0.5)
+    _, served, saved = loop.weight_average(module, run.ema or 0.5)
     try:
         saved.load_state_dict(state)
     except RuntimeError as error:

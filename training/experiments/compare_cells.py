@@ -15,8 +15,7 @@ import logging
 from pathlib import Path
 
 from models.rnn import CELLS
-from training import train_generator, train_sentiment, train_translator
-from training.common import REPO_ROOT
+from training import REPO_ROOT, train_generator, train_sentiment, train_translator
 
 log = logging.getLogger(__name__)
 
