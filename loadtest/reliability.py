@@ -323,7 +323,7 @@ def overload(ctx: Context) -> Scenario:
         f"{label}: {row['overload_ok_per_s']}/{row['capacity_ok_per_s']} ok/s = "
         f"{row['goodput_ratio']}x, p99 to a 429 {row['p99_to_shed_ms'] or '-'} ms, first ok "
         f"after overload {row['recovery_first_ok_s']} s (p99 at capacity "
-        f"{row['capacity_p99_ms'] / 1000:.2f} s)" for label, row in rows.items())
+        f"{(row['capacity_p99_ms'] or 0) / 1000:.2f} s)" for label, row in rows.items())
     return Scenario(
         "overload goodput", f"under {OVERLOAD_FACTOR}x overload, ok answers/s stay >= "
         f"{GOODPUT_GOAL}x capacity; excess shed at once with 429 + Retry-After; back to capacity "
