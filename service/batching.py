@@ -175,10 +175,9 @@ class ModelLoop:
             return None
         wait_s = self.expected_wait_s()
         if wait_s is not None and wait_s > self.max_queue_wait_s:
-            return Overloaded(f"{self.model}: the {self.queued()} items queued would take "
-                              f"~{wait_s:.2f} s before this request, over the "
-                              f"{self.max_queue_wait_s:g} s limit (RNNSERVE_MAX_QUEUE_WAIT_S); "
-                              "retry later", room=self._room)
+            return Overloaded(f"{self.model}: this request would wait ~{wait_s:.2f} s for the "
+                              f"model ({self.queued()} queued ahead), over the {self.max_queue_wait_s:g} "
+                              "s limit (RNNSERVE_MAX_QUEUE_WAIT_S); retry later", room=self._room)
         return None
 
     def check_room(self, items: int) -> None:
