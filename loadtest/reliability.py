@@ -2,6 +2,7 @@
 
     make reliability     # python -m loadtest.reliability: writes reports/reliability.md (+ .json)
     python -m loadtest.reliability --only overload --seconds 4   # one scenario, shorter phases
+    python -m loadtest.reliability --only overload --update      # rerun one, keep the others' figures
 
 Real `bentoml serve` processes of the shipped models on loopback, two workers, every loop and
 wait bounded. Each scenario prints what a trusted server (nginx, Triton, TorchServe) does and
@@ -321,7 +322,8 @@ def overload(ctx: Context) -> Scenario:
     observed = "; ".join(
         f"{label}: {row['overload_ok_per_s']}/{row['capacity_ok_per_s']} ok/s = "
         f"{row['goodput_ratio']}x, p99 to a 429 {row['p99_to_shed_ms'] or '-'} ms, first ok "
-        f"after overload {row['recovery_first_ok_s']} s" for label, row in rows.items())
+        f"after overload {row['recovery_first_ok_s']} s (p99 at capacity "
+        f"{(row['capacity_p99_ms'] or 0) / 1000:.2f} s)" for label, row in rows.items())
     return Scenario(
         "overload goodput", f"under {OVERLOAD_FACTOR}x overload, ok answers/s stay >= "
         f"{GOODPUT_GOAL}x capacity; excess shed at once with 429 + Retry-After; back to capacity "
@@ -798,6 +800,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "reports" / "reliability.md",
                         help="markdown report to write (a .json of the figures beside it)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument("--update", action="store_true", help="replace only the scenarios run in "
+                        "the report already there (with --only), keeping the others")
     parser.add_argument("--settings", nargs="*", default=[], metavar="NAME=VALUE",
                         help="RNNSERVE_* settings of the server the load scenarios run against")
     parser.add_argument("--ref", help="serve this commit's service (git archive) instead of the "
@@ -816,7 +820,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"work folder: {workdir}")
     command = "python -m loadtest.reliability " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(results, args.report, command.strip())
+    write_report(results, args.report, command.strip(), update=args.update)
     print(f"\nwrote {args.report}")
 
 

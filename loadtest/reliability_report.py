@@ -37,16 +37,31 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(results: list[Scenario], path: Path, command: str) -> None:
+def write_report(results: list[Scenario], path: Path, command: str, update: bool = False) -> None:
+    """Write `results` to `path` (markdown) and its .json. With `update`, only the scenarios run
+    are replaced in the report already there; each keeps the command and conditions of its run."""
+    run = f"`{command}`, {conditions()}"
+    for result in results:
+        result.figures["run"] = run
+    header = [f"Run: {conditions()}."]
+    if update and path.with_suffix(".json").exists():
+        fresh = {result.name: result for result in results}
+        earlier = [Scenario(**entry) for entry in json.loads(path.with_suffix(".json").read_text())]
+        results = [fresh.pop(r.name, r) for r in earlier] + list(fresh.values())
+        header = ["A scenario rerun on its own states its command and conditions in its section; "
+                  "the others are from this run:"]
+        header += [line for line in path.read_text().splitlines() if line.startswith("Run: ")][:1]
+        command = "python -m loadtest.reliability"
     lines = ["# Reliability", "",
              f"`{command}` (`make reliability`): real `bentoml serve` processes of the shipped models, "
              "two workers, loopback. Each scenario, what a trusted server does, and what this one did.",
-             "", f"Run: {conditions()}.", "",
+             "", *header, "",
              "| scenario | trusted server | this server | as trusted |", "|---|---|---|---|"]
     lines += [f"| {r.name} | {cell(r.trusted)} | {cell(r.observed)} | {'yes' if r.ok else '**no**'} |"
               for r in results]
     for result in results:
-        lines += ["", f"## {result.name}", "", *(f"- {line}" for line in result.detail), "",
+        run = [f"run: {result.figures['run']}"] if "run" in result.figures else []
+        lines += ["", f"## {result.name}", "", *(f"- {line}" for line in [*run, *result.detail]), "",
                   "```json", json.dumps(result.figures, indent=1, default=str), "```"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -20,6 +20,14 @@ How this one works:
   beam stays within `max_batch_tokens`. Similar lengths mean little padding; the models pack
   sequences, so padding never changes a result: a batched item equals the same item alone;
 - if a batch raises, its items are retried one by one, so a bad item fails only its request.
+
+Admission (`ModelLoop.check_room`) bounds a queue two ways: in items (RNNSERVE_MAX_QUEUE, a
+memory bound) and in time (RNNSERVE_MAX_QUEUE_WAIT_S): a request is refused when the work queued
+ahead of it would take longer than that to drain at the rate the model has measured. A queue
+bounded in time is a short queue: the moment an overload ends, a new request waits at most that
+long, instead of behind every item the memory bound lets in. The estimate errs toward admitting:
+it is made only from a rate measured on full batches (the model's saturated drain rate, faster
+than any smaller batch's), and never refuses while less than one full batch is queued ahead.
 """
 
 from __future__ import annotations
@@ -50,6 +58,32 @@ class Item(Generic[V]):
     width: int  # rows it needs in the model batch (its beam size)
     future: asyncio.Future[Any]
     enqueued: float  # time.perf_counter()
+
+
+# How fast the measured drain rate follows the latest full batches: each weighs this much.
+DRAIN_RATE_WEIGHT = 0.25
+
+
+class DrainRate:
+    """Work (tokens x rows: `Item.length * Item.width`) per second a queue drains at, as a moving
+    average over full batches: those that left items queued behind them, which is when the
+    model runs back to back and a newcomer's wait depends on this rate. A batch that is not
+    full says nothing about it (a lone item's rate is far below a full batch's): it is not
+    counted, so a server that was never saturated has no rate and never refuses for time."""
+
+    def __init__(self) -> None:
+        self.per_s: float | None = None
+
+    def add(self, work: int, seconds: float) -> None:
+        if seconds <= 0 or work <= 0:
+            return
+        rate = work / seconds
+        self.per_s = rate if self.per_s is None else self.per_s + DRAIN_RATE_WEIGHT * (rate - self.per_s)
+
+
+def work_of(items: Sequence[Item]) -> int:
+    """What `items` cost the model, in the DrainRate's unit."""
+    return sum(item.length * item.width for item in items)
 
 
 @dataclass
@@ -83,9 +117,11 @@ class ModelLoop:
     """One asyncio task that feeds one model. The model runs in a thread of its own, so the event
     loop keeps serving HTTP while it computes. Subclasses write `_loop`."""
 
-    def __init__(self, model: str, kind: str, max_queue: int, executor: ThreadPoolExecutor | None = None):
+    def __init__(self, model: str, kind: str, max_queue: int, executor: ThreadPoolExecutor | None = None,
+                 max_queue_wait_s: float | None = None):
         self.model = model
         self.max_queue = max_queue
+        self.max_queue_wait_s = max_queue_wait_s  # None: never refuse for the wait
         self._kind = kind
         self._metrics = metrics.ModelMetrics.of(model)
         self._wakeup = asyncio.Event()
@@ -125,11 +161,31 @@ class ModelLoop:
         """Items (texts, prompts) waiting for the model."""
         raise NotImplementedError
 
-    def check_room(self, items: int) -> None:
-        """Raise Overloaded unless `items` more fit in the queue."""
+    def expected_wait_s(self) -> float | None:
+        """A lower bound on how long a newcomer waits before the model starts on it; None when
+        there is nothing measured to go by, or too little queued ahead to refuse for."""
+        raise NotImplementedError
+
+    def refusal(self, items: int) -> Overloaded | None:
+        """Why `items` more may not queue now (Overloaded), else None."""
         if self.queued() + items > self.max_queue:
-            raise Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
-                             "(RNNSERVE_MAX_QUEUE); retry later", room=self._room)
+            return Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
+                              "(RNNSERVE_MAX_QUEUE); retry later", room=self._room)
+        if self.max_queue_wait_s is None:
+            return None
+        wait_s = self.expected_wait_s()
+        if wait_s is not None and wait_s > self.max_queue_wait_s:
+            return Overloaded(f"{self.model}: this request would wait ~{wait_s:.2f} s for the "
+                              f"model ({self.queued()} queued ahead), over the {self.max_queue_wait_s:g} "
+                              "s limit (RNNSERVE_MAX_QUEUE_WAIT_S); retry later", room=self._room)
+        return None
+
+    def check_room(self, items: int) -> None:
+        """Raise Overloaded unless `items` more may queue: they fit in the queue, and the work
+        ahead of them drains within the wait limit."""
+        refusal = self.refusal(items)
+        if refusal is not None:
+            raise refusal
 
     def _made_room(self) -> None:
         """Wake whoever waits for room (Overloaded.room): items left the queue."""
@@ -142,8 +198,9 @@ class Batcher(ModelLoop, Generic[V, R]):
 
     def __init__(self, model: str, run_batch: Callable[[list[V]], list[R]], *, max_batch_size: int,
                  max_batch_tokens: int, max_wait_s: float, max_queue: int, inline_max_tokens: int = 0,
-                 others_busy: Callable[[], bool] = lambda: False, executor: ThreadPoolExecutor | None = None):
-        super().__init__(model, "batcher", max_queue, executor)
+                 others_busy: Callable[[], bool] = lambda: False, executor: ThreadPoolExecutor | None = None,
+                 max_queue_wait_s: float | None = None):
+        super().__init__(model, "batcher", max_queue, executor, max_queue_wait_s)
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
@@ -151,7 +208,9 @@ class Batcher(ModelLoop, Generic[V, R]):
         self._inline_max_tokens = inline_max_tokens
         self._others_busy = others_busy  # other models of this worker: their loops need the event loop
         self._queue: list[Item[V]] = []
+        self._queued_work = 0  # work_of(self._queue)
         self._in_flight = False
+        self.drain_rate = DrainRate()
 
     @property
     def busy(self) -> bool:
@@ -159,6 +218,17 @@ class Batcher(ModelLoop, Generic[V, R]):
 
     def queued(self) -> int:
         return len(self._queue)
+
+    def expected_wait_s(self) -> float | None:
+        if len(self._queue) < self._max_batch_size and self._queued_work < self._max_batch_tokens:
+            return None  # less than a full batch ahead: it may run in the very next batch
+        if self.drain_rate.per_s is None:
+            return None
+        return self._queued_work / self.drain_rate.per_s
+
+    def _set_queue(self, queue: list[Item[V]]) -> None:
+        self._queue = queue
+        self._queued_work = work_of(queue)
 
     async def close(self) -> None:
         await super().close()
@@ -180,6 +250,7 @@ class Batcher(ModelLoop, Generic[V, R]):
         for length in lengths:
             observe_length(length)
         self._queue.extend(items)
+        self._queued_work += work_of(items)
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(item.future for item in items)))
@@ -191,7 +262,7 @@ class Batcher(ModelLoop, Generic[V, R]):
     async def _loop(self) -> None:
         busy, last_size = False, 1
         while True:
-            self._queue = [item for item in self._queue if not item.future.done()]
+            self._set_queue([item for item in self._queue if not item.future.done()])
             if not self._queue:
                 busy = False
                 self._wakeup.clear()
@@ -199,12 +270,13 @@ class Batcher(ModelLoop, Generic[V, R]):
                 continue
             if busy and self._max_wait_s > 0:
                 await self._wait_for_more()
-                self._queue = [item for item in self._queue if not item.future.done()]
+                self._set_queue([item for item in self._queue if not item.future.done()])
                 if not self._queue:
                     continue
             batch = select_batch(self._queue, self._max_batch_size, self._max_batch_tokens)
             taken = set(map(id, batch))
-            self._queue = [item for item in self._queue if id(item) not in taken]
+            self._set_queue([item for item in self._queue
+                             if id(item) not in taken and not item.future.done()])
             self._made_room()
             # Woken from idle by one short item and nothing else, after a batch of one, while the
             # worker's other models rest: the load is light, with no other request to parse and no
@@ -214,11 +286,15 @@ class Batcher(ModelLoop, Generic[V, R]):
                       and batch[0].length <= self._inline_max_tokens and batch[0].width == 1
                       and not self._others_busy())
             busy, last_size = True, len(batch)
+            full = bool(self._queue)  # select_batch leaves items only when the batch is full
             self._in_flight = True
+            started = time.perf_counter()
             try:
                 await self._run(batch, inline)
             finally:
                 self._in_flight = False
+            if full:
+                self.drain_rate.add(work_of(batch), time.perf_counter() - started)
 
     async def _wait_for_more(self) -> None:
         loop = asyncio.get_running_loop()

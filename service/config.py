@@ -109,7 +109,14 @@ class Settings:
     max_active_sequences: int = setting(64, "most sequences in the running generation batch; more "
                                         "wait to join", 1)
     max_queue: int = setting(2048, "items (texts or prompts) waiting per model before requests get "
-                             "429", 1)
+                             "429: a memory bound", 1)
+    max_queue_wait_s: float = setting(0.5, "a request gets 429 when the work queued ahead of it "
+                                      "would take longer than this to reach the model, at the "
+                                      "rate the model drains its queue when saturated (for "
+                                      "generation: until a row of the batch frees); never while "
+                                      "less than one full batch is queued, nor before the rate "
+                                      "is measured. Bounds the wait after an overload (docs/serving.md, "
+                                      "Shedding); 0: off, the item bound alone", 0)
     # compute
     precision: str = setting(DEFAULT_PRECISION, "each model's precision: one for all (float32, "
                              "float16, bfloat16 or int8), or TASK=PRECISION items over the default "

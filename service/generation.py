@@ -27,7 +27,9 @@ finishes and asked for its state leaves it (models.sequence_state) before its ro
 A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
 Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
 until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
-seconds per step at the batch size it will run with, turns them into seconds.
+seconds per step at the batch size it will run with, turns them into seconds. So is one that
+would wait longer than RNNSERVE_MAX_QUEUE_WAIT_S for a row of the batch to free (`join_steps`
+the same way), so that the queue stays short and a request after an overload is served at once.
 """
 
 from __future__ import annotations
@@ -63,16 +65,14 @@ STEP_TIME_WEIGHT = 0.01
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 
 
-def finish_steps(remaining: Iterable[int], queued: Iterable[int], max_active: int,
-                 max_tokens: int) -> int:
-    """Steps of the batch until a newcomer asking for `max_tokens` characters has its last one.
+def join_steps(remaining: Iterable[int], queued: Iterable[int], max_active: int) -> int:
+    """Steps of the batch until a newcomer gets a row.
 
     `remaining`: the characters each running row still owes; `queued`: max_tokens of each
     request waiting ahead, in order. A row leaves the batch when it has its characters, and the
     next waiting request takes its place (at most `max_active` rows): the newcomer joins when
-    every request ahead of it has a row and one more row frees, then needs max_tokens - 1 steps
-    (its first character comes from its prompt). Rows leaving early (clients gone) only make it
-    sooner.
+    every request ahead of it has a row and one more row frees. Rows leaving early (clients
+    gone) only make it sooner.
     """
     frees = sorted(remaining)[:max_active]  # (step at which each row's slot frees)
     heapq.heapify(frees)
@@ -81,8 +81,15 @@ def finish_steps(remaining: Iterable[int], queued: Iterable[int], max_active: in
             heapq.heappush(frees, tokens)
         else:
             heapq.heapreplace(frees, frees[0] + tokens)
-    join = 0 if len(frees) < max_active else frees[0]
-    return join + max_tokens - 1
+    return 0 if len(frees) < max_active else frees[0]
+
+
+def finish_steps(remaining: Iterable[int], queued: Iterable[int], max_active: int,
+                 max_tokens: int) -> int:
+    """Steps of the batch until a newcomer asking for `max_tokens` characters has its last one:
+    it joins (`join_steps`), then needs max_tokens - 1 steps (its first character comes from its
+    prompt)."""
+    return join_steps(remaining, queued, max_active) + max_tokens - 1
 
 
 @dataclass(eq=False)
@@ -158,8 +165,8 @@ class StepTimes:
 
 class GenerationLoop(ModelLoop):
     def __init__(self, model: str, pipeline: CharGenerator, *, max_active: int, max_queue: int,
-                 deadline_s: float | None = None):
-        super().__init__(model, "generation", max_queue)
+                 deadline_s: float | None = None, max_queue_wait_s: float | None = None):
+        super().__init__(model, "generation", max_queue, max_queue_wait_s=max_queue_wait_s)
         self.pipeline = pipeline
         self._max_active = max_active
         self.deadline_s = deadline_s  # None: never refuse a request for its length
@@ -179,6 +186,20 @@ class GenerationLoop(ModelLoop):
 
     def queued(self) -> int:
         return len(self._pending)
+
+    def expected_wait_s(self) -> float | None:
+        """Until a row frees for a newcomer: the steps `join_steps` counts, at the step time of a
+        full batch (the batch it waits behind is full)."""
+        # abandoned rows leave at the next step (the executor thread may replace the list meanwhile)
+        active = [g for g in self._active if not g.abandoned]
+        if len(active) + len(self._pending) < self._max_active:
+            return None  # a row is free, or will be when those ahead join
+        step_s = self.step_times.predict(self._max_active)
+        if step_s is None:
+            return None  # nothing measured yet: nothing to go by
+        steps = join_steps([g.max_tokens - g.produced for g in active],
+                           [g.max_tokens for g in self._pending if not g.abandoned], self._max_active)
+        return steps * step_s
 
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str, *, resume: SequenceState | None = None,
@@ -248,7 +269,7 @@ class GenerationLoop(ModelLoop):
         past the deadline at the measured step time (at the batch size it would run with)."""
         if self.deadline_s is None:
             return
-        active = list(self._active)
+        active = [g for g in self._active if not g.abandoned]  # abandoned rows leave at the next step
         queued = [g.max_tokens for g in self._pending if not g.abandoned]
         step_s = self.step_times.predict(min(self._max_active, len(active) + len(queued) + 1))
         if step_s is None:
@@ -286,6 +307,8 @@ class GenerationLoop(ModelLoop):
                     joining.append(generation)
             for generation in joining:
                 self._metrics.queue_wait_seconds.observe(now - generation.enqueued)
+            if joining:
+                self._made_room()
             try:
                 stepped = await loop.run_in_executor(self._executor, self._run_steps, joining,
                                                      publish_soon)
@@ -319,6 +342,8 @@ class GenerationLoop(ModelLoop):
             generation.pieces.put_nowait(None)
         for generation, error in steps.failed:  # after its characters: the end of its stream
             generation.pieces.put_nowait(error)
+        if steps.finished or steps.failed:
+            self._made_room()  # rows freed: a request held for room may be admitted now
         for endpoint, count in per_endpoint.items():
             metrics.generated_tokens.labels(endpoint).inc(count)
 

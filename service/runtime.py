@@ -126,7 +126,8 @@ class Runtime:
 
         batching = {"max_batch_size": settings.max_batch_size,
                     "max_batch_tokens": settings.max_batch_tokens,
-                    "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue}
+                    "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue,
+                    "max_queue_wait_s": settings.max_queue_wait_s or None}
         self.sentiment_batcher = Batcher(
             refs.sentiment.tag.name, self._classify, **batching,
             inline_max_tokens=settings.inline_max_tokens,
@@ -138,7 +139,8 @@ class Runtime:
         self.generation = GenerationLoop(refs.generator.tag.name, self.generator,
                                          max_active=settings.max_active_sequences,
                                          max_queue=settings.max_queue,
-                                         deadline_s=settings.timeout_s)
+                                         deadline_s=settings.timeout_s,
+                                         max_queue_wait_s=settings.max_queue_wait_s or None)
         config = self.generator.module.config
         self.sessions = Sessions(
             key_from(settings.state_key, bentoml_home()), str(refs.generator.tag),
@@ -225,12 +227,12 @@ class Runtime:
     # -- what the endpoints call -----------------------------------------------------------------
 
     def admit(self, endpoint: str) -> None:
-        """Raise Overloaded when no model `endpoint` may use has room for one more item."""
+        """Raise Overloaded when no model `endpoint` may use takes one more item now."""
         loops = {"sentiment": [self.sentiment_batcher], "translate": [*self.translate_batchers.values()],
                  "generate": [self.generation], "generate_stream": [self.generation],
                  "score": [self.score_batcher]}[endpoint]
         for loop in loops[1:]:
-            if loop.queued() < loop.max_queue:
+            if loop.refusal(1) is None:
                 return
         loops[0].check_room(1)
 

@@ -8,7 +8,10 @@ and the bodies of its failed requests against the schemas it declares for them.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -161,3 +164,51 @@ def test_a_generation_that_cannot_finish_before_the_timeout_is_refused_at_once(t
         metrics = client.get("/metrics").text
     for endpoint in ("generate", "generate_stream"):
         assert f'rnnserve_errors_total{{endpoint="{endpoint}",kind="overloaded"}} 1.0' in metrics
+
+
+# -- shedding what would wait too long --------------------------------------------------------------
+
+
+def test_a_model_that_would_keep_a_request_waiting_refuses_at_once_and_serves_again_when_free(
+        tiny_shipped_dir, tmp_path):
+    # one row, held by a generation of a million characters for as long as its client stays: a
+    # newcomer would wait seconds for it at any step rate (the timeout is no limit here)
+    settings = {"RNNSERVE_MAX_ACTIVE_SEQUENCES": "1", "RNNSERVE_MAX_TOKENS": "1000000",
+                "RNNSERVE_TIMEOUT_S": "3600", "RNNSERVE_MAX_QUEUE_WAIT_S": "0.5"}
+    body = json.dumps({"prompt": "a", "max_tokens": 1_000_000, "seed": 1}).encode()
+    with running_server(tiny_shipped_dir, tmp_path, **settings) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as holder:
+            holder.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(body), body))
+            # its first character, then a step's: the loop measures its step time as it
+            # publishes a step, in the same turn of the event loop
+            wait_until(lambda: metric(client, 'rnnserve_generated_tokens_total{endpoint="generate"}') >= 2)
+            for path in ("/generate", "/generate_stream"):
+                refused = client.post(path, json={"prompt": "b", "max_tokens": 10, "seed": 2})
+                assert refused.status_code == 429, refused.text
+                assert refused.headers["retry-after"] == "1"
+                [error] = refused.json()
+                assert "RNNSERVE_MAX_QUEUE_WAIT_S" in error["error"]
+        # the holder's client went away: its row is free, and the very next request is served
+        left = 'rnnserve_errors_total{endpoint="generate",kind="disconnected"}'
+        wait_until(lambda: metric(client, left) >= 1)
+        served = client.post("/generate", json={"prompt": "b", "max_tokens": 10, "seed": 2})
+        assert served.status_code == 200, served.text
+        assert served.json()["tokens"] == 10
+        for endpoint in ("generate", "generate_stream"):
+            assert metric(client, f'rnnserve_errors_total{{endpoint="{endpoint}",kind="overloaded"}}') == 1
+
+
+def metric(client: httpx.Client, prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with `prefix`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith(prefix))
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)  # polling a condition, not timing anything

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.batching import Batcher, Item, Overloaded, select_batch
+from service.batching import DRAIN_RATE_WEIGHT, Batcher, DrainRate, Item, Overloaded, select_batch
 
 
 class Recorder:
@@ -304,3 +304,107 @@ def test_a_cancelled_request_is_skipped():
 
     asyncio.run(scenario())
     assert recorder.batches == [[0], [8]]
+
+
+# -- admission bounded by the wait ahead ------------------------------------------------------------
+
+
+def test_a_request_is_refused_when_the_work_ahead_would_wait_past_the_limit_at_the_measured_rate():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_batch_size=2, max_queue_wait_s=0.5)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        queued = [asyncio.create_task(batcher.submit([value], [5])) for value in (1, 2)]
+        await asyncio.sleep(0.01)
+        # a full batch ahead, but no drain rate measured yet: nothing to go by, nothing refused
+        assert batcher.drain_rate.per_s is None
+        batcher.check_room(1)
+        batcher.drain_rate.per_s = 20.0  # work (tokens x rows) a second: 10 queued take 0.5 s
+        batcher.check_room(1)  # 0.5 s is within the limit
+        queued.append(asyncio.create_task(batcher.submit([3], [1])))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="RNNSERVE_MAX_QUEUE_WAIT_S") as error:
+            batcher.check_room(1)  # 11 take 0.55 s
+        assert error.value.error_code == 429
+        room = error.value.room
+        recorder.release.set()
+        await asyncio.wait_for(room.wait(), 10)  # the next batch took two items
+        batcher.check_room(1)
+        await asyncio.gather(first, *queued)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_less_than_a_full_batch_ahead_is_never_refused_for_its_wait():
+    recorder = Recorder(hold=True)
+
+    async def scenario():
+        batcher = make_batcher(recorder, max_batch_size=4, max_batch_tokens=100, max_queue_wait_s=0.001)
+        batcher.start()
+        batcher.drain_rate.per_s = 1.0  # a very slow model: any queue would wait seconds
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([1, 2, 3], [30, 30, 30]))  # 3 items, 90 tokens
+        await asyncio.sleep(0.01)
+        batcher.check_room(1)  # the next batch may take the newcomer too
+        more = asyncio.create_task(batcher.submit([4], [10]))  # 100 tokens: a full batch's budget
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            batcher.check_room(1)
+        recorder.release.set()
+        await asyncio.gather(first, queued, more)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_wait_limit_only_the_item_bound_refuses():
+    batcher = make_batcher(Recorder(), max_batch_size=1, max_queue=3)
+    batcher.drain_rate.per_s = 1e-9
+    batcher._set_queue(items(1000, 1000, 1000))
+    with pytest.raises(Overloaded, match="RNNSERVE_MAX_QUEUE"):
+        batcher.check_room(1)
+    batcher._set_queue(items(1000, 1000))
+    batcher.check_room(1)
+
+
+def test_the_drain_rate_is_measured_on_full_batches_only():
+    async def one_at_a_time(recorder):
+        batcher = make_batcher(recorder, max_batch_size=2)
+        batcher.start()
+        for value in range(3):
+            await batcher.submit([value], [3])  # each batch leaves nothing queued behind it
+        await batcher.close()
+        return batcher.drain_rate.per_s
+
+    async def backlog(recorder):
+        batcher = make_batcher(recorder, max_batch_size=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [3]))
+        await asyncio.to_thread(recorder.started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([1, 2, 3, 4, 5], [3] * 5))
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        await asyncio.gather(first, queued)
+        await batcher.close()
+        return batcher.drain_rate.per_s
+
+    assert asyncio.run(one_at_a_time(Recorder())) is None
+    recorder = Recorder(hold=True)
+    measured = asyncio.run(backlog(recorder))
+    assert recorder.batches == [[0], [1, 2], [3, 4], [5]]  # two batches left items queued
+    assert measured is not None and measured > 0
+
+
+def test_the_drain_rate_is_a_moving_average_of_work_per_second():
+    rate = DrainRate()
+    rate.add(100, 1.0)
+    assert rate.per_s == 100
+    rate.add(200, 1.0)
+    assert rate.per_s == pytest.approx(100 + DRAIN_RATE_WEIGHT * 100)
+    rate.add(0, 0.0)  # nothing measured: no change
+    assert rate.per_s == pytest.approx(100 + DRAIN_RATE_WEIGHT * 100)

@@ -10,7 +10,7 @@ from bentoml.exceptions import InvalidArgument
 
 from models.generator import CharGenerator
 from service.batching import Overloaded
-from service.generation import Generation, GenerationLoop, StepTimes, finish_steps
+from service.generation import Generation, GenerationLoop, StepTimes, finish_steps, join_steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -295,3 +295,40 @@ def test_the_step_time_is_measured_as_the_loop_runs(generator):
     before, after = asyncio.run(scenario())
     assert before is None
     assert after is not None and 0 < after < 1
+
+
+# -- shedding what would wait too long for a row ----------------------------------------------------
+
+
+def test_join_steps_counts_until_a_row_frees_for_the_newcomer():
+    assert join_steps([50, 80], [], max_active=4) == 0  # room in the batch
+    assert join_steps([5, 1000, 1000, 1000], [], max_active=4) == 5
+    assert join_steps([5, 1000, 1000, 1000], [40], max_active=4) == 45  # the queued one goes first
+    assert join_steps([5, 10, 1000], [40], max_active=4) == 5  # it takes the free row, then 5 frees
+
+
+def test_a_request_that_would_wait_past_the_limit_for_a_row_is_refused(generator):
+    loop = GenerationLoop("test", generator, max_active=2, max_queue=10, max_queue_wait_s=1.0)
+    running = [Generation("a", 600, 0.8, 0, torch.Generator(), "generate", 0.0) for _ in range(2)]
+    running[0].produced = 499  # 101 steps to go before its row frees
+    loop._active = list(running)
+    loop.check_room(1)  # no step measured yet: nothing to go by, nothing refused
+    loop.step_times.add(2, 0.01, steps=1)  # 100 steps a second with the batch full
+    with pytest.raises(Overloaded, match="RNNSERVE_MAX_QUEUE_WAIT_S") as error:
+        loop.check_room(1)  # 101 steps: 1.01 s
+    assert error.value.error_code == 429
+    running[0].produced = 500
+    loop.check_room(1)  # 100 steps: 1.0 s, within the limit
+    loop._pending.append(Generation("b", 50, 0.8, 0, torch.Generator(), "generate", 0.0))
+    with pytest.raises(Overloaded):
+        loop.check_room(1)  # the queued one takes the row that frees first (at 100, until 150)
+    running[1].abandoned = True  # its client left: its row is as good as free
+    loop.check_room(1)
+
+
+def test_a_free_row_is_never_refused_for_the_wait(generator):
+    loop = GenerationLoop("test", generator, max_active=3, max_queue=10, max_queue_wait_s=0.001)
+    loop.step_times.add(3, 10.0, steps=1)  # a step takes 10 s
+    loop._active = [Generation("a", 10**6, 0.8, 0, torch.Generator(), "generate", 0.0)]
+    loop._pending.append(Generation("b", 10**6, 0.8, 0, torch.Generator(), "generate", 0.0))
+    loop.check_room(1)  # the third row is free

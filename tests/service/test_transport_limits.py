@@ -53,8 +53,14 @@ def exchange(url: str, data: bytes, timeout: float = 10) -> tuple[int, dict, byt
 
 
 def served(url: str) -> bool:
-    answer = httpx.post(f"{url}/sentiment", json={"texts": ["a good film"]}, headers=AUTH, timeout=30)
-    return answer.status_code == 200 and answer.json()[0]["label"] in ("negative", "positive")
+    """A new client gets its sentiment. With the module's 1 s header timeout, a test process
+    starved of CPU for longer between connecting and sending gets 408, rightly: try again then."""
+    for _ in range(3):
+        answer = httpx.post(f"{url}/sentiment", json={"texts": ["a good film"]}, headers=AUTH, timeout=30)
+        if answer.status_code != 408:
+            break
+    assert answer.status_code == 200, answer.text
+    return answer.json()[0]["label"] in ("negative", "positive")
 
 
 def assert_limit(status: int, headers: dict, body: bytes, expected: int, setting: str) -> None:
