@@ -9,7 +9,8 @@ are measured in alternation, round after round, on the same request bodies.
 On these shared machines the same server reads up to ~1.2x apart at c=1 from one run to the next
 (docs/performance.md), so a small change measured server after server is noise. Here each round
 runs wrk against A and B back to back (ABBA order: neither always goes first), and the report gives
-the medians, the ratio B / A of each round, and in how many rounds B was faster. A round in which
+the medians, the ratio B / A of each round, and in how many rounds B was faster; and the same for
+the servers' CPU time per request, which the machine's other load moves far less than req/s. A round in which
 either side completed no request (a window shorter than a request) has no ratio: it is reported
 as empty and left out of the medians. Writes JSON and markdown (default
 `reports/bench/interleaved.{json,md}`).
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from loadtest.endpoints import ENDPOINTS, request_bodies
 from loadtest.payloads import load_validation_texts
-from loadtest.server import REPO_ROOT, export_tree, import_models, parse_settings, serving
+from loadtest.server import REPO_ROOT, Server, export_tree, import_models, parse_settings, serving
 from loadtest.wrk import run_wrk, wrk_figures
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,30 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict:
                     for key in ("requests_per_s", "p50_ms", "p99_ms")} for side in ("a", "b")}
     speedups = [r["b"]["requests_per_s"] / r["a"]["requests_per_s"] for r in counted]
     p50_ratios = [r["b"]["p50_ms"] / r["a"]["p50_ms"] for r in counted]
-    return {**sides, "rounds": len(counted), "empty_rounds": empty,
-            "speedup_median": statistics.median(speedups),
-            "speedup_range": [min(speedups), max(speedups)],
-            "p50_ratio_median": statistics.median(p50_ratios),
-            "b_faster_rounds": sum(s > 1 for s in speedups)}
+    summary = {**sides, "rounds": len(counted), "empty_rounds": empty,
+               "speedup_median": statistics.median(speedups),
+               "speedup_range": [min(speedups), max(speedups)],
+               "p50_ratio_median": statistics.median(p50_ratios),
+               "b_faster_rounds": sum(s > 1 for s in speedups)}
+    if all("cpu_ms_per_request" in r[side] for r in counted for side in ("a", "b")):  # older reports lack it
+        cpu_ratios = [r["b"]["cpu_ms_per_request"] / r["a"]["cpu_ms_per_request"] for r in counted]
+        for side in ("a", "b"):
+            summary[side]["cpu_ms_per_request"] = statistics.median(r[side]["cpu_ms_per_request"]
+                                                                    for r in counted)
+        summary["cpu_ratio_median"] = statistics.median(cpu_ratios)
+        summary["b_less_cpu_rounds"] = sum(c < 1 for c in cpu_ratios)
+    return summary
 
 
-def measure(url: str, path: str, bodies: Path, concurrency: int, seconds: int) -> dict[str, float]:
-    result, _ = run_wrk(url, path, bodies, concurrency, seconds)
-    return wrk_figures(result)
+def measure(server: Server, path: str, bodies: Path, concurrency: int, seconds: int) -> dict[str, float]:
+    """wrk's figures, and the server's CPU time (all its processes) per request completed in the
+    window: on a loaded machine the other processes slow what wrk sees but take little of that."""
+    cpu_before = server.cpu_seconds()
+    result, _ = run_wrk(server.url, path, bodies, concurrency, seconds)
+    cpu_seconds = server.cpu_seconds() - cpu_before
+    figures = wrk_figures(result)
+    good = figures["requests_per_s"] * figures["seconds"]
+    return {**figures, "cpu_ms_per_request": 1000 * cpu_seconds / good if good else 0.0}
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -92,11 +107,24 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["", f"B / A req/s: median {s['speedup_median']:.3f}x (rounds {s['speedup_range'][0]:.3f}-"
                   f"{s['speedup_range'][1]:.3f}x); B faster in {s['b_faster_rounds']} of {s['rounds']} "
                   f"rounds; p50 B / A median {s['p50_ratio_median']:.3f}.", ""]
-    lines += ["| round | A req/s | B req/s | A p50 ms | B p50 ms | B / A |", "|---|---|---|---|---|---|"]
+        if "cpu_ratio_median" in s:
+            lines += [f"Server CPU time per request (all its processes): A "
+                      f"{s['a']['cpu_ms_per_request']:.2f} ms, B {s['b']['cpu_ms_per_request']:.2f} ms "
+                      f"(medians); B / A median {s['cpu_ratio_median']:.3f}, B used less in "
+                      f"{s['b_less_cpu_rounds']} of {s['rounds']} rounds.", ""]
+    with_cpu = "cpu_ratio_median" in s
+    lines += ["| round | A req/s | B req/s | A p50 ms | B p50 ms | B / A |"
+              + (" A CPU ms/req | B CPU ms/req | CPU B / A |" if with_cpu else ""),
+              "|---|---|---|---|---|---|" + ("---|---|---|" if with_cpu else "")]
     for number, r in enumerate(report["rounds"], 1):
         ratio = "empty" if is_empty(r) else f"{r['b']['requests_per_s'] / r['a']['requests_per_s']:.3f}"
-        lines.append(f"| {number} | {r['a']['requests_per_s']:.1f} | {r['b']['requests_per_s']:.1f} | "
-                     f"{r['a']['p50_ms']:.2f} | {r['b']['p50_ms']:.2f} | {ratio} |")
+        line = (f"| {number} | {r['a']['requests_per_s']:.1f} | {r['b']['requests_per_s']:.1f} | "
+                f"{r['a']['p50_ms']:.2f} | {r['b']['p50_ms']:.2f} | {ratio} |")
+        if with_cpu:
+            cpu = ("empty" if is_empty(r)
+                   else f"{r['b']['cpu_ms_per_request'] / r['a']['cpu_ms_per_request']:.3f}")
+            line += f" {r['a']['cpu_ms_per_request']:.2f} | {r['b']['cpu_ms_per_request']:.2f} | {cpu} |"
+        lines.append(line)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -147,16 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
             order = ("a", "b") if number % 2 == 0 else ("b", "a")
             measured = {}
             for side in order:
-                measured[side] = measure(servers[side].url, endpoint.path, bodies_file, args.concurrency,
+                measured[side] = measure(servers[side], endpoint.path, bodies_file, args.concurrency,
                                          args.seconds)
                 servers[side].wait_idle()
             rounds.append(measured)
             if is_empty(measured):
                 log.warning("round %d: a side completed no request in %d s: no ratio, left out "
                             "(a longer --seconds avoids it)", number + 1, args.seconds)
-            log.info("round %d: A %.1f req/s p50 %.2f ms, B %.1f req/s p50 %.2f ms", number + 1,
-                     measured["a"]["requests_per_s"], measured["a"]["p50_ms"],
-                     measured["b"]["requests_per_s"], measured["b"]["p50_ms"])
+            log.info("round %d: A %.1f req/s p50 %.2f ms %.2f CPU ms/req, B %.1f req/s p50 %.2f ms "
+                     "%.2f CPU ms/req", number + 1, *(measured[side][key] for side in ("a", "b")
+                                                      for key in ("requests_per_s", "p50_ms",
+                                                                  "cpu_ms_per_request")))
 
     report = {"command": "python -m loadtest.interleaved "
                          + shlex.join(argv if argv is not None else sys.argv[1:]),

@@ -59,3 +59,18 @@ def test_no_round_with_requests_on_both_sides_gives_no_ratio(tmp_path):
               "seconds": 4, "a": {}, "b": {}, "base_settings": {}, "rounds": rounds, "summary": summary}
     write_markdown(report, tmp_path / "ab.md")
     assert "No round completed a request on both sides: no ratio." in (tmp_path / "ab.md").read_text()
+
+
+def test_cpu_per_request_is_summarised_when_every_round_has_it(tmp_path):
+    cpu = {"a": [2.0, 2.2, 2.0], "b": [1.8, 2.2, 2.1]}
+    rounds = [{k: {**r[k], "cpu_ms_per_request": cpu[k][n]} for k in r} for n, r in enumerate(ROUNDS)]
+    summary = summarize(rounds)
+    assert summary["a"]["cpu_ms_per_request"] == 2.0 and summary["b"]["cpu_ms_per_request"] == 2.1
+    assert summary["cpu_ratio_median"] == pytest.approx(1.0) and summary["b_less_cpu_rounds"] == 1
+    assert "cpu_ratio_median" not in summarize(ROUNDS)  # reports written before it
+    report = {"command": "c", "finished": "now", "endpoint": "generate", "concurrency": 1, "seconds": 4,
+              "a": {}, "b": {}, "base_settings": {}, "rounds": rounds, "summary": summary}
+    write_markdown(report, tmp_path / "ab.md")
+    text = (tmp_path / "ab.md").read_text()
+    assert "A 2.00 ms, B 2.10 ms (medians); B / A median 1.000, B used less in 1 of 3 rounds" in text
+    assert "| 1 | 300.0 | 330.0 | 3.30 | 3.00 | 1.100 | 2.00 | 1.80 | 0.900 |" in text
