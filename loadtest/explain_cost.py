@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -101,10 +102,13 @@ def measure(url: str, texts: list[str], rounds: int) -> dict:
 
 
 def write_markdown(report: dict, path: Path) -> None:
+    load_before, load_after = report["load_average"]
     lines = ["# What explain costs on /sentiment", "",
              f"Written by `{report['command']}` at {report['finished']} against {report['server']}: "
              f"{report['rounds']} rounds, one request at a time, each payload without and with "
-             "`explain: true` back to back in alternating order; texts from the SST-2 dev split.", "",
+             "`explain: true` back to back in alternating order; texts from the SST-2 dev split. "
+             f"The machine's 1-minute load average was {load_before:.1f} before and {load_after:.1f} "
+             f"after ({os.cpu_count()} CPUs).", "",
              "| payload | without, median ms | with explain, median ms | ratio of medians | "
              "median of round ratios |", "|---|---|---|---|---|"]
     for name, m in report["payloads"].items():
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
                      measured[name]["ratio_of_medians"])
         return measured
 
+    load_before = os.getloadavg()[0]
     if args.url:
         server, measured = args.url, run(args.url)
     else:
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python -m loadtest.explain_cost "
                          + shlex.join(argv if argv is not None else sys.argv[1:]),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "server": server,
-              "rounds": args.rounds, "payloads": measured}
+              "rounds": args.rounds, "load_average": [load_before, os.getloadavg()[0]],
+              "payloads": measured}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "explain_cost.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(report, args.out / "explain_cost.md")

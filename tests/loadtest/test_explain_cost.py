@@ -63,10 +63,11 @@ def test_each_round_sends_both_variants_in_alternating_order(stand_in, tmp_path)
     assert measured["ratio_of_medians"] == pytest.approx(
         measured["explain_ms_median"] / measured["plain_ms_median"])
     report = {"command": "python -m loadtest.explain_cost --url U", "finished": "now", "server": url,
-              "rounds": 4, "payloads": {"2 texts of 4 tokens": measured}}
+              "rounds": 4, "load_average": [5.5, 6.3], "payloads": {"2 texts of 4 tokens": measured}}
     write_markdown(report, tmp_path / "cost.md")
     text = (tmp_path / "cost.md").read_text()
     assert "| 2 texts of 4 tokens |" in text and text.count("\n| 4 |") == 1
+    assert "load average was 5.5 before and 6.3 after" in text
 
 
 def test_an_error_answer_stops_the_measurement(stand_in):
