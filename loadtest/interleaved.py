@@ -10,9 +10,9 @@ On these shared machines the same server reads up to ~1.2x apart at c=1 from one
 (docs/performance.md), so a small change measured server after server is noise. Here each round
 runs wrk against A and B back to back (ABBA order: neither always goes first), and the report gives
 the medians, the ratio B / A of each round, and in how many rounds B was faster; and the same for
-the servers' CPU time per request, which the machine's other load moves far less than req/s. A round in which
-either side completed no request (a window shorter than a request) has no ratio: it is reported
-as empty and left out of the medians. Writes JSON and markdown (default
+the servers' CPU time per request, which the machine's other load moves less than req/s. A round
+in which either side completed no request (a window shorter than a request) has no ratio: it is
+reported as empty and left out of the medians. Writes JSON and markdown (default
 `reports/bench/interleaved.{json,md}`).
 """
 
@@ -60,11 +60,15 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict:
                "speedup_range": [min(speedups), max(speedups)],
                "p50_ratio_median": statistics.median(p50_ratios),
                "b_faster_rounds": sum(s > 1 for s in speedups)}
-    if all("cpu_ms_per_request" in r[side] for r in counted for side in ("a", "b")):  # older reports lack it
-        cpu_ratios = [r["b"]["cpu_ms_per_request"] / r["a"]["cpu_ms_per_request"] for r in counted]
+    # older reports lack the CPU time; a window too short for a clock tick reads 0 and has no ratio
+    with_cpu = [r for r in counted if r["a"].get("cpu_ms_per_request", 0) > 0
+                and "cpu_ms_per_request" in r["b"]]
+    if with_cpu:
+        cpu_ratios = [r["b"]["cpu_ms_per_request"] / r["a"]["cpu_ms_per_request"] for r in with_cpu]
         for side in ("a", "b"):
             summary[side]["cpu_ms_per_request"] = statistics.median(r[side]["cpu_ms_per_request"]
-                                                                    for r in counted)
+                                                                    for r in with_cpu)
+        summary["cpu_rounds"] = len(with_cpu)
         summary["cpu_ratio_median"] = statistics.median(cpu_ratios)
         summary["b_less_cpu_rounds"] = sum(c < 1 for c in cpu_ratios)
     return summary
@@ -72,7 +76,7 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict:
 
 def measure(server: Server, path: str, bodies: Path, concurrency: int, seconds: int) -> dict[str, float]:
     """wrk's figures, and the server's CPU time (all its processes) per request completed in the
-    window: on a loaded machine the other processes slow what wrk sees but take little of that."""
+    window: the machine's other load delays what wrk sees more than it adds to that."""
     cpu_before = server.cpu_seconds()
     result, _ = run_wrk(server.url, path, bodies, concurrency, seconds)
     cpu_seconds = server.cpu_seconds() - cpu_before
@@ -111,7 +115,7 @@ def write_markdown(report: dict, path: Path) -> None:
             lines += [f"Server CPU time per request (all its processes): A "
                       f"{s['a']['cpu_ms_per_request']:.2f} ms, B {s['b']['cpu_ms_per_request']:.2f} ms "
                       f"(medians); B / A median {s['cpu_ratio_median']:.3f}, B used less in "
-                      f"{s['b_less_cpu_rounds']} of {s['rounds']} rounds.", ""]
+                      f"{s['b_less_cpu_rounds']} of {s['cpu_rounds']} rounds.", ""]
     with_cpu = "cpu_ratio_median" in s
     lines += ["| round | A req/s | B req/s | A p50 ms | B p50 ms | B / A |"
               + (" A CPU ms/req | B CPU ms/req | CPU B / A |" if with_cpu else ""),
@@ -121,9 +125,9 @@ def write_markdown(report: dict, path: Path) -> None:
         line = (f"| {number} | {r['a']['requests_per_s']:.1f} | {r['b']['requests_per_s']:.1f} | "
                 f"{r['a']['p50_ms']:.2f} | {r['b']['p50_ms']:.2f} | {ratio} |")
         if with_cpu:
-            cpu = ("empty" if is_empty(r)
-                   else f"{r['b']['cpu_ms_per_request'] / r['a']['cpu_ms_per_request']:.3f}")
-            line += f" {r['a']['cpu_ms_per_request']:.2f} | {r['b']['cpu_ms_per_request']:.2f} | {cpu} |"
+            a_cpu, b_cpu = r["a"].get("cpu_ms_per_request", 0), r["b"].get("cpu_ms_per_request", 0)
+            cpu = "empty" if is_empty(r) or a_cpu <= 0 else f"{b_cpu / a_cpu:.3f}"
+            line += f" {a_cpu:.2f} | {b_cpu:.2f} | {cpu} |"
         lines.append(line)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -74,3 +74,16 @@ def test_cpu_per_request_is_summarised_when_every_round_has_it(tmp_path):
     text = (tmp_path / "ab.md").read_text()
     assert "A 2.00 ms, B 2.10 ms (medians); B / A median 1.000, B used less in 1 of 3 rounds" in text
     assert "| 1 | 300.0 | 330.0 | 3.30 | 3.00 | 1.100 | 2.00 | 1.80 | 0.900 |" in text
+
+
+def test_a_round_whose_cpu_time_read_zero_has_no_cpu_ratio(tmp_path):
+    """A window shorter than the CPU clock's tick reads 0 CPU seconds: no division by 0 either."""
+    cpu = {"a": [2.0, 0.0, 2.0], "b": [1.8, 0.5, 2.1]}
+    rounds = [{k: {**r[k], "cpu_ms_per_request": cpu[k][n]} for k in r} for n, r in enumerate(ROUNDS)]
+    summary = summarize(rounds)
+    assert summary["cpu_rounds"] == 2 and summary["cpu_ratio_median"] == pytest.approx((0.9 + 1.05) / 2)
+    report = {"command": "c", "finished": "now", "endpoint": "sentiment", "concurrency": 1, "seconds": 1,
+              "a": {}, "b": {}, "base_settings": {}, "rounds": rounds, "summary": summary}
+    write_markdown(report, tmp_path / "ab.md")
+    text = (tmp_path / "ab.md").read_text()
+    assert "B used less in 1 of 2 rounds" in text and "| 0.00 | 0.50 | empty |" in text
