@@ -141,12 +141,12 @@ class StepTimes:
     wall time, which is what refusing only the requests that cannot finish needs.
 
     A step's time grows with its rows, so each power-of-two size class has its own moving
-    average. A size not measured yet is predicted from the largest smaller one measured: a lower
-    bound, since a step never gets faster with more rows. (Scaling it up in rows overestimates a
-    model whose step time is mostly fixed cost, and sheds requests that would finish.) With no
-    smaller size measured there is nothing to go by (None). A request is refused only when even
-    this estimate ends past the deadline; one admitted on too short an estimate still ends at
-    RNNSERVE_TIMEOUT_S, with 504.
+    average, which starts from the size's prediction. A size not measured yet is predicted from
+    the largest smaller one measured: a lower bound, since a step never gets faster with more
+    rows. (Scaling it up in rows overestimates a model whose step time is mostly fixed cost, and
+    sheds requests that would finish.) With no smaller size measured there is nothing to go by
+    (None). A request is refused only when even this estimate ends past the deadline; one
+    admitted on too short an estimate still ends at RNNSERVE_TIMEOUT_S, with 504.
     """
 
     def __init__(self) -> None:
@@ -159,7 +159,10 @@ class StepTimes:
 
     def add(self, rows: int, seconds_per_step: float, steps: int) -> None:
         size = self.size_class(rows)
-        old = self._seconds.get(size)
+        # A new size starts from its prediction, not from its first steps: taken whole, one step
+        # stalled past the deadline's rate refuses every request that would run at that size,
+        # so no step of that size ever runs to correct it.
+        old = self._seconds.get(size, self.predict(rows))
         self._seconds[size] = seconds_per_step if old is None else (
             old + (1 - (1 - STEP_TIME_WEIGHT) ** steps) * (seconds_per_step - old))
 

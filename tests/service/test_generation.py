@@ -282,10 +282,12 @@ def test_a_batch_size_not_measured_yet_is_predicted_from_the_largest_smaller_one
     assert times.predict(4) == times.predict(3) == 0.004
     assert times.predict(1) is None  # only a larger size measured: nothing to go by
     assert times.predict(16) == 0.004  # a lower bound: a step is never faster with more rows
-    times.add(9, 0.006, steps=1)  # size class 16
-    assert times.predict(64) == 0.006 and times.predict(8) == 0.004
+    times.add(9, 0.006, steps=100)  # size class 16: from size 4's, 100 steps move it most of the way
+    assert 0.005 < times.predict(64) < 0.006 and times.predict(8) == 0.004
     times.add(4, 0.002, steps=100)  # a moving average: 100 steps move it most of the way
     assert 0.002 < times.predict(4) < 0.003
+    times.add(32, 10.0, steps=1)  # one stalled step at a new size does not set its time alone
+    assert times.predict(32) < 0.2
 
 
 def test_the_step_time_is_measured_as_the_loop_runs(generator):
