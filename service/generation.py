@@ -26,8 +26,8 @@ finishes and asked for its state leaves it (models.sequence_state) before its ro
 
 A request that cannot finish within the deadline (RNNSERVE_TIMEOUT_S) is refused at once with
 Overloaded (429 + Retry-After) instead of waiting to time out: `finish_steps` counts the steps
-until its last character from the queue ahead of it, and `StepTimes`, the loop's measured
-seconds per step at the batch size it will run with, turns them into seconds. So is one that
+until its last character from the queue ahead of it, and `StepTimes`, the model thread's
+measured seconds per step at the batch size it will run with, turns them into seconds. So is one that
 would wait longer than RNNSERVE_MAX_QUEUE_WAIT_S for a row of the batch to free (`join_steps`
 the same way), so that the queue stays short and a request after an overload is served at once.
 """
@@ -131,15 +131,22 @@ class _Steps:
 
 
 class StepTimes:
-    """Seconds per step of the batch as the loop has measured them, by batch size.
+    """Seconds per step of the batch as the model thread has measured them, by batch size.
+
+    Only a step's own model time counts: not the time between the loop's calls into the model
+    thread (the event loop publishing and serving HTTP, 429s included), nor a newcomer's prompt.
+    The time between calls grows with the requests answered meanwhile, so counting it let a flood
+    of refused and at once retried requests raise the step time, which refused more of them: the
+    generator could settle into refusing most requests. What is left is a lower bound on a step's
+    wall time, which is what refusing only the requests that cannot finish needs.
 
     A step's time grows with its rows, so each power-of-two size class has its own moving
-    average. A size not measured yet is predicted from the largest smaller one measured: a lower
-    bound, since a step never gets faster with more rows. (Scaling it up in rows overestimates a
-    model whose step time is mostly fixed cost, and sheds requests that would finish.) With no
-    smaller size measured there is nothing to go by (None). A request is refused only when even
-    this estimate ends past the deadline; one admitted on too short an estimate still ends at
-    RNNSERVE_TIMEOUT_S, with 504.
+    average, which starts from the size's prediction. A size not measured yet is predicted from
+    the largest smaller one measured: a lower bound, since a step never gets faster with more
+    rows. (Scaling it up in rows overestimates a model whose step time is mostly fixed cost, and
+    sheds requests that would finish.) With no smaller size measured there is nothing to go by
+    (None). A request is refused only when even this estimate ends past the deadline; one
+    admitted on too short an estimate still ends at RNNSERVE_TIMEOUT_S, with 504.
     """
 
     def __init__(self) -> None:
@@ -152,9 +159,20 @@ class StepTimes:
 
     def add(self, rows: int, seconds_per_step: float, steps: int) -> None:
         size = self.size_class(rows)
-        old = self._seconds.get(size)
+        # A new size starts from its prediction, not from its first steps: taken whole, one step
+        # stalled past the deadline's rate refuses every request that would run at that size,
+        # so no step of that size ever runs to correct it.
+        old = self._seconds.get(size, self.predict(rows))
         self._seconds[size] = seconds_per_step if old is None else (
             old + (1 - (1 - STEP_TIME_WEIGHT) ** steps) * (seconds_per_step - old))
+
+    def add_steps(self, rows: list[int], seconds: list[float]) -> None:
+        """Record one call's steps: each step's rows and model seconds."""
+        by_size: dict[int, list[float]] = {}
+        for count, step_seconds in zip(rows, seconds, strict=True):
+            by_size.setdefault(self.size_class(count), []).append(step_seconds)
+        for size, times in by_size.items():
+            self.add(size, sum(times) / len(times), len(times))
 
     def predict(self, rows: int) -> float | None:
         """Seconds per step at `rows` rows; None before a step of that size or smaller was measured."""
@@ -287,19 +305,12 @@ class GenerationLoop(ModelLoop):
         loop = asyncio.get_running_loop()
         # what _run_steps hands out from the executor thread, the event loop publishes
         publish_soon = functools.partial(loop.call_soon_threadsafe, self._publish)
-        # the last call's start, mean rows and steps: timed when the next begins, so that the
-        # time between calls (publishing, HTTP on the same event loop) counts too
-        last: tuple[float, int, int] | None = None
         while True:
             if not self._pending and not self._active:
-                last = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             now = time.perf_counter()
-            if last is not None and last[2]:
-                started, rows, steps = last
-                self.step_times.add(rows, (now - started) / steps, steps)
             joining: list[Generation] = []
             while self._pending and len(self._active) + len(joining) < self._max_active:
                 generation = self._pending.popleft()
@@ -317,10 +328,8 @@ class GenerationLoop(ModelLoop):
                 for generation in {*self._active, *joining}:
                     generation.pieces.put_nowait(error)
                 self._reset()
-                last = None
                 continue
-            rows = round(sum(stepped.rows) / len(stepped.rows)) if stepped.rows else 0
-            last = (now, rows, len(stepped.rows))
+            self.step_times.add_steps(stepped.rows, stepped.seconds)  # before the steps' news is out
             self._publish(stepped)
 
     def _publish(self, steps: _Steps) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
 from bentoml.exceptions import InvalidArgument
 
 from models.generator import CharGenerator
+from service import generation as generation_module
 from service.batching import Overloaded
 from service.generation import Generation, GenerationLoop, StepTimes, finish_steps, join_steps
 
@@ -279,10 +282,12 @@ def test_a_batch_size_not_measured_yet_is_predicted_from_the_largest_smaller_one
     assert times.predict(4) == times.predict(3) == 0.004
     assert times.predict(1) is None  # only a larger size measured: nothing to go by
     assert times.predict(16) == 0.004  # a lower bound: a step is never faster with more rows
-    times.add(9, 0.006, steps=1)  # size class 16
-    assert times.predict(64) == 0.006 and times.predict(8) == 0.004
+    times.add(9, 0.006, steps=100)  # size class 16: from size 4's, 100 steps move it most of the way
+    assert 0.005 < times.predict(64) < 0.006 and times.predict(8) == 0.004
     times.add(4, 0.002, steps=100)  # a moving average: 100 steps move it most of the way
     assert 0.002 < times.predict(4) < 0.003
+    times.add(32, 10.0, steps=1)  # one stalled step at a new size does not set its time alone
+    assert times.predict(32) < 0.2
 
 
 def test_the_step_time_is_measured_as_the_loop_runs(generator):
@@ -297,6 +302,66 @@ def test_the_step_time_is_measured_as_the_loop_runs(generator):
     before, after = asyncio.run(scenario())
     assert before is None
     assert after is not None and 0 < after < 1
+
+
+class FakeClock:
+    """time.perf_counter for service.generation: it moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()  # the model thread and the event loop both move it
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def test_time_outside_the_model_steps_does_not_make_requests_look_too_long(generator, monkeypatch):
+    # a step takes 1 ms of model time; a prompt 1 s; after every call into the model thread the
+    # event loop is busy for 10 s (publishing, serving HTTP: under a flood of refused and at once
+    # retried requests, the more it refuses the longer). Counting either in the step time made
+    # requests that would finish look too long, and refusing them made the event loop busier.
+    clock = FakeClock()
+    monkeypatch.setattr(generation_module, "time", SimpleNamespace(perf_counter=clock))
+    step, prime = generator.module.step, generator.prime
+
+    def timed_step(*args):
+        clock.advance(0.001)
+        return step(*args)
+
+    def timed_prime(*args):
+        clock.advance(1.0)
+        return prime(*args)
+
+    monkeypatch.setattr(generator.module, "step", timed_step)
+    monkeypatch.setattr(generator, "prime", timed_prime)
+
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=4, max_queue=10, deadline_s=1.0)
+        publish = loop._publish
+
+        def busy_publish(steps):
+            if steps.rows:  # the loop's own call, between two calls into the model thread
+                clock.advance(10.0)
+            publish(steps)
+
+        loop._publish = busy_publish
+        loop.start()
+        text, _ = await collect(loop, "a", 200, 1)
+        await loop.close()
+        return loop, text
+
+    loop, text = asyncio.run(scenario())
+    assert len(text) == 200
+    assert clock.now > 20  # several calls into the model thread, each stepping for at most ~10 ms
+    assert loop.step_times.predict(1) == pytest.approx(0.001)
+    loop.check_deadline(900)  # 899 steps of 1 ms fit in the 1 s timeout
+    with pytest.raises(Overloaded, match="RNNSERVE_TIMEOUT_S"):
+        loop.check_deadline(1100)  # model time alone ends past it: still refused
 
 
 # -- shedding what would wait too long for a row ----------------------------------------------------
