@@ -17,7 +17,7 @@ from models.ngram import NgramLogistic, flat_ids, ngram_keys
 from models.sentiment import PROJECTED_MIN_BATCH, SentimentClassifier, SentimentRNN
 from models.vocab import UNK_ID
 
-from support.tiny_models import made_up_sentences, make_tiny_sentiment
+from support.tiny_models import made_up_sentences, make_tiny_sentiment, with_ngram_part
 
 VOCAB = 40
 
@@ -106,29 +106,9 @@ def test_a_vocabulary_too_large_for_int32_keys_is_refused():
 
 # ---- the combined classifier ----
 
-def with_ngram(classifier: SentimentClassifier, mix: tuple[float, float, float]) -> SentimentClassifier:
-    """`classifier` with an n-gram part fitted on made-up sentences through its own token ids."""
-    sentences = made_up_sentences(200, 5)
-    ids = [classifier.encode(s).words for s in sentences]
-    labels = [int(("good" in s) or ("great" in s)) for s in sentences]
-    size = len(classifier.vocab)
-    vectorizer = TfidfVectorizer(analyzer=as_given, sublinear_tf=True)
-    regression = LogisticRegression(C=4.0).fit(
-        vectorizer.fit_transform([ngram_keys(t, size) for t in ids]), labels)
-    part = NgramLogistic.from_fitted(vectorizer.vocabulary_, vectorizer.idf_.tolist(),
-                                     regression.coef_[0].tolist(), float(regression.intercept_[0]),
-                                     size, True)
-    config = replace(classifier.module.config, ngram_features=len(part.keys), mix_rnn=mix[0],
-                     mix_ngram=mix[1], mix_bias=mix[2])
-    module = SentimentRNN(config)
-    module.load_state_dict({**classifier.module.state_dict(),
-                            **{f"ngram.{k}": v for k, v in part.state_dict().items()}})
-    return SentimentClassifier(module.eval(), classifier.vocab)
-
-
 @pytest.fixture(scope="module", params=["gru", "lstm"])
 def combined(request) -> SentimentClassifier:
-    return with_ngram(make_tiny_sentiment(request.param, subword_buckets=64), (0.7, 1.3, -0.2))
+    return with_ngram_part(make_tiny_sentiment(request.param, subword_buckets=64), (0.7, 1.3, -0.2))
 
 
 TEXTS = made_up_sentences(12, 9) + ["", "Not good at all!", "zzz unknown words"]
