@@ -126,8 +126,8 @@ def fit_ngram(model: SentimentClassifier, train: list[tuple[str, int]], reviews:
                                  sublinear_tf=run.sublinear_tf)
     features = vectorizer.fit_transform(keys(train + reviews))
     labels = [label for _, label in train + reviews]
-    log.info("n-gram part: %d training texts, %d features (min_df %d, at most %d)", len(train),
-             features.shape[1], run.min_df, run.max_features)
+    log.info("n-gram part: %d training texts, %d features (min_df %d, at most %d)",
+             len(train) + len(reviews), features.shape[1], run.min_df, run.max_features)
     dev_sets = {"sst2": sst2_dev, **{domain: pairs for domain, pairs in sorted(fdu_dev.items())}}
     dev_features = {name: vectorizer.transform(keys(pairs)) for name, pairs in dev_sets.items()}
     best, best_dev = None, None
