@@ -223,8 +223,9 @@ def sentiment_table(rows: list[dict]) -> str:
 
 
 def folder_row(folder: Path) -> dict:
-    """The name and tag of an artifact folder outside the store: its bentoml.json tag when it has
-    one (a shipped copy), else its path."""
+    """The name and tag of an artifact folder: its bentoml.json tag when it has one (a shipped
+    copy), its store tag when it is a store model's folder (<store>/models/<name>/<version>/,
+    beside the store's model.yaml), else its path."""
     from training.store import STORE_INFO_FILE
 
     name = json.loads((folder / "metrics.json").read_text())["model"]
@@ -232,6 +233,8 @@ def folder_row(folder: Path) -> dict:
     if info.is_file():
         tag = json.loads(info.read_text())
         return {"model": name, "tag": f"{tag['name']}:{tag['version']}"}
+    if (folder / "model.yaml").is_file():
+        return {"model": name, "tag": f"{folder.parent.name}:{folder.name}"}
     return {"model": name, "tag": str(folder)}
 
 

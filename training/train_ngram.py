@@ -46,7 +46,7 @@ from models.sentiment import SentimentClassifier, SentimentRNN
 from models.vocab import UNK_ID
 from training import common, data
 from training.common import help_field
-from training.evaluate import mixed_accuracy, part_log_odds, sentiment_scores
+from training.evaluate import folder_row, mixed_accuracy, part_log_odds, sentiment_scores
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,8 @@ def locate_rnn(spec: str) -> Path:
 
 
 def rnn_source(folder: Path) -> str:
-    """The store tag of an artifact folder: a shipped copy's bentoml.json, a store folder's
-    name/version, else the folder's path."""
-    if (folder / "bentoml.json").is_file():
-        info = json.loads((folder / "bentoml.json").read_text())
-        return f"{info['name']}:{info['version']}"
-    if (folder / "model.yaml").is_file():  # the store's own record: <store>/<name>/<version>/
-        return f"{folder.parent.name}:{folder.name}"
-    return str(folder)
+    """The store tag of an artifact folder (a shipped copy's, a store folder's), else its path."""
+    return folder_row(folder)["tag"]
 
 
 def token_ids(model: SentimentClassifier, texts: list[str]) -> list[list[int]]:
