@@ -8,6 +8,12 @@ Optionally (`subword_buckets` > 0) each word's vector adds the mean of its hashe
 n-grams, fastText style (Bojanowski et al. 2017): "<unwatchable>" shares "<un", "watch", "able>"
 with words seen in training, so a word the vocabulary lacks still carries meaning instead of
 being one shared UNK vector.
+
+Optionally (`ngram_features` > 0) a bag-of-n-grams part (models.ngram: TF-IDF over word uni- and
+bigrams into a logistic regression, fitted by training/train_ngram.py) reads the same token ids,
+and the classifier's log-odds of positive are a weighted sum of the two parts' log-odds
+(`mix_rnn`, `mix_ngram`, `mix_bias` in the config, fitted on dev): the recurrent model brings word
+order and subwords, the linear part sharp per-word evidence over many more n-grams.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.names import LABELS
+from models.ngram import NgramLogistic, flat_ids
 from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
@@ -55,6 +62,14 @@ class SentimentConfig:
     # before they existed) keeps the reading it was trained with, normaliser 1 and every token.
     normalizer: int = 1
     max_tokens: int = 0  # longer texts keep their first and last max_tokens // 2 tokens (0 = all)
+    # The bag-of-n-grams part (models.ngram) and how its log-odds join the recurrent part's: a
+    # config without these fields (saved before they existed) is the recurrent model alone.
+    ngram_features: int = 0  # features of the n-gram part (0 = no n-gram part)
+    ngram_sublinear_tf: bool = True
+    # combined log-odds of positive = mix_rnn x the RNN's + mix_ngram x the n-gram part's + mix_bias
+    mix_rnn: float = 1.0
+    mix_ngram: float = 0.0
+    mix_bias: float = 0.0
 
 
 def truncate_tokens(words: list[str], max_tokens: int) -> list[str]:
@@ -160,6 +175,9 @@ class SentimentRNN(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         # max-pool and mean-pool over time, concatenated
         self.classifier = nn.Linear(2 * directions * config.hidden_size, config.num_classes)
+        # read by SentimentClassifier beside forward(), which is the recurrent part alone
+        self.ngram = (NgramLogistic(config.ngram_features, config.vocab_size, config.ngram_sublinear_tf)
+                      if config.ngram_features else None)
 
     def embed(self, tokens: Tensor, subwords: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The input vectors of word ids `tokens` (any shape), each plus the mean of its bag of
@@ -174,7 +192,8 @@ class SentimentRNN(nn.Module):
     def forward(self, tokens: Tensor, lengths: Tensor,
                 subwords: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """tokens (B, S) padded with PAD_ID, lengths (B,) >= 1, and for a model with a subword
-        table the (ids, offsets) of one bag per position (`Batch`) -> logits (B, C)."""
+        table the (ids, offsets) of one bag per position (`Batch`) -> logits (B, C) of the
+        recurrent part (what training fits; SentimentClassifier adds the n-gram part's)."""
         embedded = self.dropout(self.embed(tokens, subwords))  # (B, S, E)
         rnn = recurrence(self.rnn, self.config.weight_drop, self.training)
         outputs, _ = run_padded(rnn, embedded, lengths)  # (B, S, D*H)
@@ -208,10 +227,16 @@ class SentimentClassifier:
         self._projected: ProjectedLSTM | None = None
         self._projected_of: tuple[nn.Module, tuple[bool | int, ...]] | None = None
 
-    def encode(self, text: str) -> EncodedText:
-        """A raw text as the network reads it. An empty text becomes one UNK: the model's prior."""
+    def tokens(self, text: str) -> list[str]:
+        """The tokens of a raw text that the model reads: its normaliser's, cut to max_tokens."""
         config = self.module.config
-        words = truncate_tokens(sentiment_tokens(text, config.normalizer), config.max_tokens)
+        return truncate_tokens(sentiment_tokens(text, config.normalizer), config.max_tokens)
+
+    def encode(self, text: str) -> EncodedText:
+        """A raw text as the network reads it. An empty text becomes one UNK: the model's prior
+        (for the n-gram part too, which then reads one unknown word)."""
+        config = self.module.config
+        words = self.tokens(text)
         ids = self.vocab.encode(words) or [UNK_ID]
         if not config.subword_buckets:
             return EncodedText(ids)
@@ -234,7 +259,44 @@ class SentimentClassifier:
         return Batch(tokens, lengths, bag_offsets(bags))
 
     def logits(self, batch: Batch) -> Tensor:
+        """(B, C) logits of the whole classifier: the recurrent part's, combined with the n-gram
+        part's where the model has one."""
+        logits = self.module(batch.tokens, batch.lengths, batch.subwords)  # (B, C)
+        if self.module.ngram is None:
+            return logits
+        real = torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]  # (B, S)
+        rows = torch.arange(len(batch.lengths)).repeat_interleave(batch.lengths)  # (N,)
+        return self.combine(logits, self.module.ngram(batch.tokens.cpu()[real], rows, len(batch.lengths)))
+
+    def combine(self, logits: Tensor, ngram_log_odds: Tensor) -> Tensor:
+        """The recurrent part's logits (B, C) and the n-gram part's log-odds of positive (B,) ->
+        the combined logits (B, C): -z/2 and z/2 for combined log-odds z, so softmax gives
+        P(positive) = sigmoid(z)."""
+        config = self.module.config
+        positive = LABELS.index("positive")
+        recurrent = (logits[:, positive] - logits[:, 1 - positive]).float()  # (B,)
+        z = config.mix_rnn * recurrent + config.mix_ngram * ngram_log_odds + config.mix_bias  # (B,)
+        halves = [-z / 2, z / 2] if positive == 1 else [z / 2, -z / 2]
+        return torch.stack(halves, dim=-1)  # (B, 2)
+
+    def _recurrent_logits(self, texts: list[EncodedText]) -> Tensor:
+        """(B, C) logits of the recurrent part, by the fast path where it applies."""
+        projected = self.projected() if len(texts) >= PROJECTED_MIN_BATCH else None
+        if projected is not None:
+            return projected.logits(texts)
+        batch = self.collate(texts)
         return self.module(batch.tokens, batch.lengths, batch.subwords)
+
+    @torch.inference_mode()
+    def part_log_odds(self, texts: list[EncodedText]) -> tuple[Tensor, Tensor | None]:
+        """Each part's log-odds of positive (B,), in float32: the recurrent part's, and the n-gram
+        part's (None without one). What training fits the combination's weights on."""
+        logits = self._recurrent_logits(texts).float()  # (B, C)
+        positive = LABELS.index("positive")
+        recurrent = logits[:, positive] - logits[:, 1 - positive]
+        if self.module.ngram is None:
+            return recurrent, None
+        return recurrent, self.module.ngram(*flat_ids([t.words for t in texts]), len(texts))
 
     def projected(self) -> ProjectedLSTM | None:
         """The fast path (`ProjectedLSTM`) for the module and weights as they are now, built on
@@ -252,8 +314,9 @@ class SentimentClassifier:
     @torch.inference_mode()
     def predict_ids(self, texts: list[EncodedText]) -> Tensor:
         """Probabilities (B, C) for already-encoded texts, in float32 whatever the model's dtype."""
-        projected = self.projected() if len(texts) >= PROJECTED_MIN_BATCH else None
-        logits = projected.logits(texts) if projected is not None else self.logits(self.collate(texts))
+        logits = self._recurrent_logits(texts)  # (B, C)
+        if self.module.ngram is not None:
+            logits = self.combine(logits, self.module.ngram(*flat_ids([t.words for t in texts]), len(texts)))
         return torch.softmax(logits.float(), dim=-1)
 
     def predict_proba(self, texts: list[str]) -> Tensor:

@@ -26,7 +26,6 @@ from models.generator import CharGenerator
 from models.names import LABELS
 from models.quantize import with_precision
 from models.sentiment import EncodedText, SentimentClassifier, explanation, explanation_inputs
-from models.text import sentiment_tokens
 from models.translator import Translation, Translator
 from service import metrics
 from service.batching import Batcher
@@ -256,7 +255,8 @@ class Runtime:
         """`sentiment`, with each text's tokens, trajectory and importance: one batcher item per
         text, whose 2 x tokens inputs run as one model call (their width)."""
         self.sentiment_batcher.check_room(len(texts))
-        tokens = [sentiment_tokens(text) for text in texts]
+        # the tokens the model reads: its normaliser's, cut to its max_tokens
+        tokens = [self.classifier.tokens(text) for text in texts]
         items: list[EncodedText | Explanation] = []
         for text, words in zip(texts, tokens, strict=True):
             encoded = self.classifier.encode(text)

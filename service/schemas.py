@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from models.names import LABELS
-from models.text import sentiment_tokens
+from models.text import NORMALIZERS, sentiment_tokens
 from service.config import Settings
 
 Source = Literal["de", "ko"]
@@ -137,7 +137,9 @@ def request_models(settings: Settings) -> RequestModels:
                 raise ValueError(f"with explain, at most {settings.max_explain_texts} texts "
                                  f"(RNNSERVE_MAX_EXPLAIN_TEXTS); got {len(texts)}")
             for number, text in enumerate(texts):
-                tokens = len(sentiment_tokens(text))
+                # the supervisor has no model to ask which normaliser it reads with: the most
+                # tokens any of them makes bounds the cost whichever model serves
+                tokens = max(len(sentiment_tokens(text, version)) for version in NORMALIZERS)
                 if tokens > settings.max_explain_tokens:
                     raise ValueError(f"with explain, at most {settings.max_explain_tokens} tokens "
                                      f"per text (RNNSERVE_MAX_EXPLAIN_TOKENS); texts.{number} has "

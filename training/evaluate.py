@@ -41,6 +41,60 @@ def sentiment_accuracy(model: SentimentClassifier, pairs: list[tuple[str, int]],
     return {"accuracy": round(100.0 * correct / len(pairs), 2)}
 
 
+# A combined classifier (an n-gram part beside the recurrent one) is also scored by each part
+# alone, so what the recurrent model adds is visible: (mix_rnn, mix_ngram, mix_bias) per part.
+PARTS = {"recurrent part": (1.0, 0.0, 0.0), "n-gram part": (0.0, 1.0, 0.0)}
+
+
+@torch.inference_mode()
+def part_log_odds(model: SentimentClassifier, pairs: list[tuple[str, int]],
+                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each part's log-odds of positive for `pairs`' texts (N,): the recurrent part's, and the
+    n-gram part's (None where the model has none)."""
+    recurrent, ngram = [], []
+    for start in range(0, len(pairs), batch_size):
+        r, d = model.part_log_odds([model.encode(text) for text, _ in pairs[start:start + batch_size]])
+        recurrent.append(r)
+        ngram.append(d)
+    return torch.cat(recurrent), None if ngram[0] is None else torch.cat(ngram)
+
+
+def mixed_accuracy(log_odds: tuple[torch.Tensor, torch.Tensor | None], labels: list[int],
+                   mix: tuple[float, float, float]) -> float:
+    """Accuracy (%) of the decision mix[0] x recurrent + mix[1] x n-gram + mix[2] > 0 (positive),
+    which is the classifier's argmax (a tie reads as negative, as argmax takes the first)."""
+    recurrent, ngram = log_odds
+    z = mix[0] * recurrent + mix[2]
+    if ngram is not None:
+        z = z + mix[1] * ngram
+    correct = int(((z > 0).long() == torch.tensor(labels)).sum())
+    return round(100.0 * correct / len(labels), 2)
+
+
+def model_mix(model: SentimentClassifier) -> tuple[float, float, float]:
+    config = model.module.config
+    return config.mix_rnn, config.mix_ngram, config.mix_bias
+
+
+def sentiment_scores(model: SentimentClassifier, sst2: list[tuple[str, int]],
+                     fdu: dict[str, list[tuple[str, int]]]) -> dict[str, dict[str, float]]:
+    """SST-2 accuracy, the FDU-MTL mean over domains and each domain's, for the whole classifier
+    (key "") and, where it has an n-gram part, for each part alone (PARTS): every part's log-odds
+    are computed once and the mixes read from them."""
+    sets = {"sst2": sst2, **{f"fdu_{domain}": pairs for domain, pairs in sorted(fdu.items())}}
+    log_odds = {name: part_log_odds(model, pairs) for name, pairs in sets.items()}
+    mixes = {"": model_mix(model), **(PARTS if model.module.ngram is not None else {})}
+    scores = {}
+    for name, mix in mixes.items():
+        by_set = {key: mixed_accuracy(log_odds[key], [label for _, label in sets[key]], mix)
+                  for key in sets}
+        domains = [by_set[key] for key in by_set if key != "sst2"]
+        scores[name] = {"accuracy": by_set.pop("sst2"),
+                        **({"fdu_mean_accuracy": round(sum(domains) / len(domains), 2)}
+                           if domains else {}), **by_set}
+    return scores
+
+
 def domain_accuracy(model: SentimentClassifier,
                     domains: dict[str, list[tuple[str, int]]]) -> dict[str, float]:
     """Accuracy (%) per domain, and "mean": their unweighted mean, the benchmark's figure for
@@ -119,12 +173,10 @@ def evaluate_folder(folder: Path, split: str) -> dict[str, float]:
 
     task = json.loads((folder / "config.json").read_text())["task"]
     if task == "sentiment":
-        model = SentimentClassifier.load(folder)
         name = "test" if split == "test" else "dev"
-        by_domain = domain_accuracy(model, data.fdu_mtl_splits()[name])
-        return {**sentiment_accuracy(model, data.sst2_splits()[name]),
-                "fdu_mean_accuracy": by_domain.pop("mean"),
-                **{f"fdu_{domain}": value for domain, value in by_domain.items()}}
+        scores = sentiment_scores(SentimentClassifier.load(folder), data.sst2_splits()[name],
+                                  data.fdu_mtl_splits()[name])
+        return {**scores.pop(""), **({"parts": scores} if scores else {})}
     if task == "generator":  # no test split: the nanoGPT validation split is the report split
         return char_loss(CharGenerator.load(folder), data.shakespeare_splits()["val"])
     model = Translator.load(folder)
@@ -171,8 +223,9 @@ def sentiment_table(rows: list[dict]) -> str:
 
 
 def folder_row(folder: Path) -> dict:
-    """The name and tag of an artifact folder outside the store: its bentoml.json tag when it has
-    one (a shipped copy), else its path."""
+    """The name and tag of an artifact folder: its bentoml.json tag when it has one (a shipped
+    copy), its store tag when it is a store model's folder (<store>/models/<name>/<version>/,
+    beside the store's model.yaml), else its path."""
     from training.store import STORE_INFO_FILE
 
     name = json.loads((folder / "metrics.json").read_text())["model"]
@@ -180,6 +233,8 @@ def folder_row(folder: Path) -> dict:
     if info.is_file():
         tag = json.loads(info.read_text())
         return {"model": name, "tag": f"{tag['name']}:{tag['version']}"}
+    if (folder / "model.yaml").is_file():
+        return {"model": name, "tag": f"{folder.parent.name}:{folder.name}"}
     return {"model": name, "tag": str(folder)}
 
 
@@ -204,8 +259,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
 
     def add(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        """One row per model, then one per part of a combined sentiment classifier."""
+        parts = row.pop("parts", {})
+        for added in (row, *({**row, **scores, "model": f"{row['model']} ({part})"}
+                             for part, scores in parts.items())):
+            print(json.dumps(added), flush=True)
+            rows.append(added)
 
     for name in args.models:
         tag, folder = locate(name, args.source)
@@ -244,7 +303,9 @@ def write_report(path: Path, rows: list[dict], argv: list[str] | None) -> None:
                   "SST-2 test (stsa.binary.test) and the FDU-MTL test files (400 reviews per "
                   "domain; the mean weighs each domain alike). tfidf-logreg: the bag-of-words "
                   "baseline (training/baseline.py), trained on the named sets' training texts with "
-                  "its C chosen on the same dev sets as the RNN.", "", sentiment, ""]
+                  "its C chosen on the same dev sets as the RNN. For a classifier with an n-gram "
+                  "part (training/train_ngram.py), its recurrent part and its n-gram part are "
+                  "also scored alone.", "", sentiment, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 from pydantic import TypeAdapter, ValidationError
 
 from models.sentiment import explanation_inputs
@@ -16,7 +18,7 @@ from service.generation import GenerationLoop
 from service.runtime import Explanation, Runtime
 from service.schemas import GenerateResult, SentimentResult, request_models
 
-from support.tiny_models import make_tiny_generator, make_tiny_sentiment
+from support.tiny_models import make_tiny_generator, make_tiny_sentiment, with_ngram_part
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,6 +169,39 @@ def test_an_explained_text_is_one_batcher_item_and_batched_equals_alone():
     assert explained[1].tokens == ["the", "plot", "was", "dull", "and", "long", "but", "the", "actor",
                                    "was", "great"]
     assert len(explanation_inputs(classifier.encode(texts[1]))) == 22
+
+
+def test_with_an_n_gram_part_explain_shows_the_combined_model_over_the_tokens_it_reads():
+    tiny = make_tiny_sentiment(cell="lstm", subword_buckets=64)
+    tiny.module.config = replace(tiny.module.config, normalizer=2, max_tokens=6)
+    classifier = with_ngram_part(tiny, (0.8, 1.5, 0.1))
+    text = "Dont like the plot, but the actor was great and funny"
+    runtime = Runtime.__new__(Runtime)
+    runtime.classifier = classifier
+
+    async def scenario():
+        runtime.sentiment_batcher = Batcher("test", lambda items: Runtime._classify(runtime, items),
+                                            max_batch_size=64, max_batch_tokens=8192, max_wait_s=0.0,
+                                            max_queue=100)
+        runtime.sentiment_batcher.start()
+        [result] = await runtime.explain_sentiment([text])
+        await runtime.sentiment_batcher.close()
+        return result
+
+    result = asyncio.run(scenario())
+    # the tokens the model reads: normaliser 2 ("dont" -> "do n't"), head and tail of 6
+    assert result.tokens == classifier.tokens(text) == ["do", "n't", "like", "great", "and", "funny"]
+    encoded = classifier.encode(text)
+    n = len(encoded)
+    prefixes = classifier.predict_ids([encoded.part(list(range(end))) for end in range(1, n + 1)])[:, 1]
+    left_out = classifier.predict_ids([encoded.part([i for i in range(n) if i != out])
+                                       for out in range(n)])[:, 1]
+    assert result.trajectory == pytest.approx(prefixes.tolist(), abs=1e-6)
+    assert result.importance == pytest.approx((prefixes[-1] - left_out).tolist(), abs=1e-6)
+    assert result.trajectory[-1] == result.probabilities["positive"]
+    # the combined model's, not the recurrent part's alone
+    recurrent, _ = classifier.part_log_odds([encoded])
+    assert result.probabilities["positive"] != pytest.approx(float(torch.sigmoid(recurrent)), abs=1e-3)
 
 
 def test_an_explanation_needs_as_many_rows_as_its_inputs():

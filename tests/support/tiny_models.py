@@ -6,12 +6,14 @@ Shared by the tests (`from support.tiny_models import ...`) and by the fixtures 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from models.artifact import record_checksums, write_json
 from models.generator import CharGenerator, CharLM, CharLMConfig
+from models.ngram import NgramLogistic, ngram_keys
 from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN
 from models.text import sentiment_tokens
 from models.translator import Seq2Seq, Translator, TranslatorConfig
@@ -36,6 +38,34 @@ def make_tiny_sentiment(cell: str = "gru", seed: int = 0, subword_buckets: int =
     config = SentimentConfig(vocab_size=len(vocab), embedding_dim=16, hidden_size=12, cell=cell,
                              dropout=0.0, subword_buckets=subword_buckets)
     return SentimentClassifier(SentimentRNN(config).eval(), vocab)
+
+
+def _as_given(keys):
+    return keys
+
+
+def with_ngram_part(classifier: SentimentClassifier, mix: tuple[float, float, float]
+                    ) -> SentimentClassifier:
+    """`classifier` with an n-gram part fitted (scikit-learn, as training.train_ngram fits it) on
+    made-up sentences through its own token ids, combined by `mix` (rnn, ngram, bias)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    sentences = made_up_sentences(200, 5)
+    size = len(classifier.vocab)
+    keys = [ngram_keys(classifier.encode(s).words, size) for s in sentences]
+    labels = [int(("good" in s) or ("great" in s)) for s in sentences]
+    vectorizer = TfidfVectorizer(analyzer=_as_given, sublinear_tf=True)
+    regression = LogisticRegression(C=4.0).fit(vectorizer.fit_transform(keys), labels)
+    part = NgramLogistic.from_fitted(vectorizer.vocabulary_, vectorizer.idf_.tolist(),
+                                     regression.coef_[0].tolist(), float(regression.intercept_[0]),
+                                     size, True)
+    config = replace(classifier.module.config, ngram_features=len(part.keys), mix_rnn=mix[0],
+                     mix_ngram=mix[1], mix_bias=mix[2])
+    module = SentimentRNN(config)
+    module.load_state_dict({**classifier.module.state_dict(),
+                            **{f"ngram.{k}": v for k, v in part.state_dict().items()}})
+    return SentimentClassifier(module.eval(), classifier.vocab)
 
 
 def make_tiny_generator(cell: str = "gru", seed: int = 0) -> CharGenerator:

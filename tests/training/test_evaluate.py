@@ -90,6 +90,11 @@ def test_folder_row_names_a_shipped_copy_by_its_tag_else_by_its_path(tmp_path):
     assert evaluate.folder_row(tmp_path) == {"model": "sentiment-rnn", "tag": str(tmp_path)}
     (tmp_path / STORE_INFO_FILE).write_text(json.dumps({"name": "sentiment-rnn", "version": "v2"}))
     assert evaluate.folder_row(tmp_path) == {"model": "sentiment-rnn", "tag": "sentiment-rnn:v2"}
+    stored = tmp_path / "models" / "sentiment-rnn" / "v3"  # a store model's folder
+    stored.mkdir(parents=True)
+    (stored / "metrics.json").write_text(json.dumps({"model": "sentiment-rnn"}))
+    (stored / "model.yaml").write_text("name: sentiment-rnn\n")
+    assert evaluate.folder_row(stored) == {"model": "sentiment-rnn", "tag": "sentiment-rnn:v3"}
 
 
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / STORE_INFO_FILE).is_file())
