@@ -34,8 +34,8 @@ def test_locust_smoke_reaches_every_endpoint_without_errors(tiny_shipped_dir, tm
         prefix = tmp_path / "smoke"
         result = subprocess.run(
             [str(LOCUST), "-f", "loadtest/locustfile.py", "--headless", "--host", url, "-u", "8",
-             "-r", "8", "-t", "12s", "--csv", str(prefix), "--html", f"{prefix}.html",
-             "--only-summary", "--stop-timeout", "10",
+             "-r", "8", "-t", "20s", "--csv", str(prefix), "--html", f"{prefix}.html",
+             "--only-summary", "--stop-timeout", "30",
              "SentimentUser", "TranslateUser", "GenerateUser", "MixedUser"],
             cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             capture_output=True, text=True, timeout=120)
@@ -43,6 +43,7 @@ def test_locust_smoke_reaches_every_endpoint_without_errors(tiny_shipped_dir, tm
     with open(f"{prefix}_stats.csv", newline="") as file:
         rows = {row["Name"]: row for row in csv.DictReader(file)}
     for endpoint in ENDPOINTS:
+        assert endpoint in rows, f"no {endpoint} request ended: {result.stderr[-2000:]}"
         assert int(rows[endpoint]["Request Count"]) > 0, endpoint
         assert int(rows[endpoint]["Failure Count"]) == 0, endpoint
     assert Path(f"{prefix}.html").stat().st_size > 0
