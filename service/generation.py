@@ -205,19 +205,23 @@ class GenerationLoop(ModelLoop):
     def queued(self) -> int:
         return len(self._pending)
 
+    def _ahead(self) -> tuple[list[int], list[int]]:
+        """What a newcomer waits behind: the characters each running sequence still owes, and the
+        max_tokens of each queued request. Abandoned ones are left out: they leave at the next
+        step (the executor thread may replace the list meanwhile) or are skipped at joining."""
+        remaining = [g.max_tokens - g.produced for g in self._active if not g.abandoned]
+        return remaining, [g.max_tokens for g in self._pending if not g.abandoned]
+
     def expected_wait_s(self) -> float | None:
         """Until a row frees for a newcomer: the steps `join_steps` counts, at the step time of a
         full batch (the batch it waits behind is full)."""
-        # abandoned rows leave at the next step (the executor thread may replace the list meanwhile)
-        active = [g for g in self._active if not g.abandoned]
-        if len(active) + len(self._pending) < self._max_active:
+        remaining, queued = self._ahead()
+        if len(remaining) + len(queued) < self._max_active:
             return None  # a row is free, or will be when those ahead join
         step_s = self.step_times.predict(self._max_active)
         if step_s is None:
             return None  # nothing measured yet: nothing to go by
-        steps = join_steps([g.max_tokens - g.produced for g in active],
-                           [g.max_tokens for g in self._pending if not g.abandoned], self._max_active)
-        return steps * step_s
+        return join_steps(remaining, queued, self._max_active) * step_s
 
     async def stream(self, prompt: str, max_tokens: int, temperature: float, top_k: int,
                      seed: int | None, endpoint: str, *, resume: SequenceState | None = None,
@@ -287,16 +291,14 @@ class GenerationLoop(ModelLoop):
         past the deadline at the measured step time (at the batch size it would run with)."""
         if self.deadline_s is None:
             return
-        active = [g for g in self._active if not g.abandoned]  # abandoned rows leave at the next step
-        queued = [g.max_tokens for g in self._pending if not g.abandoned]
-        step_s = self.step_times.predict(min(self._max_active, len(active) + len(queued) + 1))
+        remaining, queued = self._ahead()
+        step_s = self.step_times.predict(min(self._max_active, len(remaining) + len(queued) + 1))
         if step_s is None:
             return  # nothing measured yet: nothing to go by
-        steps = finish_steps([g.max_tokens - g.produced for g in active], queued,
-                             self._max_active, max_tokens)
+        steps = finish_steps(remaining, queued, self._max_active, max_tokens)
         if steps * step_s > self.deadline_s:
             raise Overloaded(
-                f"{self.model}: {max_tokens} characters after the {len(active)} running and "
+                f"{self.model}: {max_tokens} characters after the {len(remaining)} running and "
                 f"{len(queued)} queued sequences would take ~{steps * step_s:.0f} s at "
                 f"{step_s * 1000:.2f} ms per step, past the {self.deadline_s:g} s timeout "
                 "(RNNSERVE_TIMEOUT_S); retry later or ask for fewer max_tokens")
