@@ -17,15 +17,24 @@ sklearn computes (tests/models/test_ngram.py checks it to float tolerance):
     idf(t)    = ln((1 + n) / (1 + df(t))) + 1           (smooth_idf, fitted: stored)
     x(d)      = tf * idf over the kept features, scaled to unit L2 norm (a text with none is 0)
     decision  = x(d) . coef + intercept                 (the log-odds of positive)
+
+A batch of a few texts (at most LOOKUP_MAX_TEXTS, the usual request at low load) is computed
+from a dictionary of the kept features instead: a dozen tensor ops cost more than a few dozen
+lookups. Both paths compute the same sums; they agree to float32 rounding.
 """
 
 from __future__ import annotations
+
+import math
+from collections import Counter
 
 import torch
 from torch import Tensor, nn
 
 # keys are int32: (V + 1) * V must stay below 2^31, so a vocabulary of at most this many words
 MAX_VOCAB = 46_340
+# batches of at most this many texts take the dictionary path
+LOOKUP_MAX_TEXTS = 8
 
 
 def ngram_keys(ids: list[int], vocab_size: int) -> list[int]:
@@ -55,6 +64,8 @@ class NgramLogistic(nn.Module):
         self.idf = nn.Parameter(torch.ones(features), requires_grad=False)
         self.coef = nn.Parameter(torch.zeros(features), requires_grad=False)
         self.intercept = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self._table: dict[int, tuple[float, float]] = {}
+        self._table_of: tuple = ()
 
     @classmethod
     def from_fitted(cls, vocabulary: dict[int, int], idf: list[float], coef: list[float],
@@ -74,6 +85,8 @@ class NgramLogistic(nn.Module):
     def forward(self, ids: Tensor, rows: Tensor, batch: int) -> Tensor:
         """ids (N,) the word ids of `batch` texts one after another, rows (N,) the text of each
         (non-decreasing) -> (B,) decision values, float32 whatever the module's dtype."""
+        if batch <= LOOKUP_MAX_TEXTS:
+            return self._by_lookup(ids.tolist(), rows.tolist(), batch)
         features = len(self.keys)
         joined = rows[1:] == rows[:-1]  # (N-1,) neighbours in the same text form a bigram
         keys = torch.cat([ids, ((ids[:-1] + 1) * self.vocab_size + ids[1:])[joined]]).to(torch.int32)
@@ -90,6 +103,36 @@ class NgramLogistic(nn.Module):
         norm = torch.zeros(batch).index_add_(0, row, weight * weight).sqrt_()  # (B,)
         score = torch.zeros(batch).index_add_(0, row, weight * self.coef.float()[column])  # (B,)
         return score / norm.clamp(min=torch.finfo(torch.float32).tiny) + self.intercept.float()
+
+    def _by_lookup(self, ids: list[int], rows: list[int], batch: int) -> Tensor:
+        """forward's sums for a few texts, feature by feature from a dictionary."""
+        table = self._features()
+        counts = [Counter() for _ in range(batch)]
+        for i, (word, row) in enumerate(zip(ids, rows, strict=True)):
+            counts[row][word] += 1
+            if i + 1 < len(ids) and rows[i + 1] == row:
+                counts[row][(word + 1) * self.vocab_size + ids[i + 1]] += 1
+        decisions = []
+        for text in counts:
+            score = norm = 0.0
+            for key, count in text.items():
+                if (found := table.get(key)) is not None:
+                    weight = (1.0 + math.log(count) if self.sublinear_tf else float(count)) * found[0]
+                    norm += weight * weight
+                    score += weight * found[1]
+            decisions.append(score / math.sqrt(norm) if norm > 0.0 else 0.0)
+        return torch.tensor(decisions, dtype=torch.float32) + self.intercept.float()
+
+    def _features(self) -> dict[int, tuple[float, float]]:
+        """key -> (idf, coef) of the kept features, rebuilt whenever the tensors were replaced or
+        written to (loading a state, a change of dtype)."""
+        of = tuple((t.data_ptr(), t._version) for t in (self.keys, self.idf, self.coef))
+        if of != self._table_of:
+            self._table = dict(zip(self.keys.tolist(),
+                                   zip(self.idf.float().tolist(), self.coef.float().tolist(), strict=True),
+                                   strict=True))
+            self._table_of = of
+        return self._table
 
 
 def flat_ids(texts: list[list[int]]) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from models.ngram import NgramLogistic, flat_ids, ngram_keys
+from models.ngram import LOOKUP_MAX_TEXTS, NgramLogistic, flat_ids, ngram_keys
 from models.sentiment import PROJECTED_MIN_BATCH, SentimentClassifier, SentimentRNN
 from models.vocab import UNK_ID
 
@@ -73,9 +73,13 @@ def test_the_decision_is_sklearns_tfidf_and_logistic_regression(sublinear_tf, ma
     unseen, _ = made_up_ids(50, 1)
     unseen += [[0], [39, 39, 39, 39], [5] * 9 + [12]]  # a lone id, repeats: tf 4, tf 9
     expected = regression.decision_function(vectorizer.transform([ngram_keys(t, VOCAB) for t in unseen]))
+    assert len(unseen) > LOOKUP_MAX_TEXTS  # the tensor path, then the dictionary path, text by text
     got = part(*flat_ids(unseen), len(unseen))
-    assert got.dtype == torch.float32
-    assert torch.allclose(got.double(), torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    by_lookup = torch.cat([part(*flat_ids(unseen[i:i + 3]), len(unseen[i:i + 3]))
+                           for i in range(0, len(unseen), 3)])
+    for decisions in (got, by_lookup):
+        assert decisions.dtype == torch.float32
+        assert torch.allclose(decisions.double(), torch.tensor(expected), atol=1e-5, rtol=1e-5)
     if max_features is not None:
         assert len(part.keys) == max_features
 
@@ -97,6 +101,21 @@ def test_bigrams_do_not_cross_from_one_text_into_the_next():
     together = part(*flat_ids(batch), len(batch))
     alone = torch.cat([part(*flat_ids([t]), 1) for t in batch])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_the_dictionary_path_follows_a_loaded_state_and_a_change_of_dtype():
+    texts, labels = made_up_ids(300, 4)
+    part = from_sklearn(*fitted(texts, labels, True), True)
+    other = from_sklearn(*fitted(texts, [1 - label for label in labels], True), True)
+    text = [[4, 5, 11, 4]]
+    before = part(*flat_ids(text), 1)  # builds the dictionary
+    part.load_state_dict(other.state_dict())
+    assert torch.allclose(part(*flat_ids(text), 1), other(*flat_ids(text), 1))
+    assert not torch.allclose(part(*flat_ids(text), 1), before)
+    part.half()  # new tensors: the dictionary holds the float16-rounded values
+    assert part(*flat_ids(text), 1).item() == pytest.approx(other(*flat_ids(text), 1).item(), abs=1e-2)
+    many = text * (LOOKUP_MAX_TEXTS + 1)
+    assert torch.allclose(part(*flat_ids(many), len(many))[:1], part(*flat_ids(text), 1), atol=1e-6)
 
 
 def test_a_vocabulary_too_large_for_int32_keys_is_refused():
