@@ -94,3 +94,18 @@ def test_an_rnn_that_has_an_n_gram_part_already_is_refused(rnn_folder, tmp_path)
         train_ngram.main(["--rnn", str(tmp_path / "c"), "--no-store"])
     with pytest.raises(SystemExit, match="--rnn"):
         train_ngram.main(["--no-store"])
+
+
+@pytest.mark.parametrize("prefer", ["strongest", "weakest"])
+def test_the_n_gram_part_is_chosen_by_the_combination_it_makes(rnn_folder, monkeypatch, prefer):
+    """A stand-in selection metric that scores a combination by how far the n-gram part's dev
+    log-odds stray from 0 (larger C: further) decides which C is kept."""
+    monkeypatch.setattr(train_ngram, "C_GRID", (0.05, 50.0))
+
+    def spread(log_odds, labels, mix):
+        value = float(torch.cat([pair[1] for pair in log_odds.values()]).abs().mean())
+        return value if prefer == "strongest" else -value
+
+    monkeypatch.setattr(train_ngram, "selection", spread)
+    metrics = train_ngram.main(["--rnn", str(rnn_folder), "--no-store", "--no-test", "--max-features", "300"])
+    assert metrics["ngram"]["dev"]["c"] == (50.0 if prefer == "strongest" else 0.05)
