@@ -304,6 +304,12 @@ async def _overload_then_recovery(url: str, path: str, bodies: list[dict], secon
             overloaded, recovery, recovery_start, recovery_stop)
 
 
+def before_or_after(seconds: float | None) -> str:
+    """When a first ok came, given in seconds after the drain."""
+    return "never" if seconds is None else (f"{seconds:g} s after the drain" if seconds >= 0
+                                            else f"{-seconds:g} s before the drain ended")
+
+
 def overload(ctx: Context) -> Scenario:
     rows = {}
     for label, (path, bodies) in overload_bodies(ctx.texts).items():
@@ -347,7 +353,7 @@ def overload(ctx: Context) -> Scenario:
         f"{label}: {row['overload_ok_per_s']}/{row['capacity_ok_per_s']} ok/s = "
         f"{row['goodput_ratio']}x, p99 to a 429 {row['p99_to_shed_ms'] or '-'} ms; overload's work "
         f"drained {row['recovery_drain_s']} s after it stopped sending, first ok "
-        f"{row['recovery_first_ok_after_drain_s']} s after the drain (p99 at capacity "
+        f"{before_or_after(row['recovery_first_ok_after_drain_s'])} (p99 at capacity "
         f"{(row['capacity_p99_ms'] or 0) / 1000:.2f} s), then "
         f"{row['recovery_ok_per_s_after_drain']} ok/s (first ok after overload "
         f"{row['recovery_first_ok_s']} s, {row['recovery_ok_per_s']} ok/s in its first "
