@@ -28,6 +28,8 @@ bounded in time is a short queue: the moment an overload ends, a new request wai
 long, instead of behind every item the memory bound lets in. The estimate errs toward admitting:
 it is made only from a rate measured on full batches (the model's saturated drain rate, faster
 than any smaller batch's), and never refuses while less than one full batch is queued ahead.
+A request refused before its body is read may wait briefly for room (`ModelLoop.room`): one such
+request is woken for each request whose items all left the queue.
 """
 
 from __future__ import annotations
