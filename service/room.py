@@ -2,9 +2,9 @@
 
 Why not an asyncio.Event set whenever items leave the queue: it wakes every held request at
 once. Each then passes the admission check made before its body is read (the queue has room
-for one more), reads and parses its body, and all but the first few are refused after all: a
-tenth of the refusals under overload cost a body read for nothing. Woken one per request that
-left the queue, a held request finds the room it was woken for.
+for one more), reads and parses its body, and all but the first few are refused after all, the
+body read for nothing. Woken one per request that left the queue, a held request finds the room
+it was woken for.
 """
 
 from __future__ import annotations
