@@ -374,8 +374,8 @@ def overload(ctx: Context) -> Scenario:
                 "recovered: the first ok of a recovery client came within (drain + capacity p99), and "
                 f"ok/s from the drain to the end >= {GOODPUT_GOAL}x capacity; recovery_timeline: the "
                 "recovery's answers by the second they ended in, from the moment the overload stopped "
-                f"sending; recovery_ok_per_s, recovery_statuses, recovery_first_ok_s: its first "
-                f"{ctx.seconds:g} s, as earlier runs measured it"])
+                "sending (its last second partial); recovery_ok_per_s, recovery_statuses, "
+                f"recovery_first_ok_s: its first {ctx.seconds:g} s, as earlier runs measured it"])
 
 
 # -- slow clients and connection exhaustion ---------------------------------------------------------
