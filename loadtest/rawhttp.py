@@ -84,9 +84,11 @@ class Connection:
 
 
 async def closed_loop(url: str, path: str, bodies: Sequence[dict], concurrency: int, seconds: float,
-                      on_answer: Callable[[Answer], None] | None = None) -> list[Answer]:
+                      on_answer: Callable[[Answer], None] | None = None,
+                      stop: asyncio.Event | None = None) -> list[Answer]:
     """`concurrency` clients, each sending its next request as soon as the last is answered,
-    for `seconds`; requests under way then are awaited (each bounded by REQUEST_TIMEOUT_S).
+    for `seconds` or until `stop` is set; requests under way then are awaited (each bounded by
+    REQUEST_TIMEOUT_S).
     A client answered 429 or 503 asks again at once: the hostile case, not a polite one."""
     encoded = [json.dumps(body).encode() for body in bodies]
     answers: list[Answer] = []
@@ -96,7 +98,7 @@ async def closed_loop(url: str, path: str, bodies: Sequence[dict], concurrency: 
         connection = Connection(url)
         sent = index
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and not (stop is not None and stop.is_set()):
                 answer = await connection.request("POST", path, encoded[sent % len(encoded)])
                 sent += concurrency
                 answers.append(answer)

@@ -28,11 +28,14 @@ bounded in time is a short queue: the moment an overload ends, a new request wai
 long, instead of behind every item the memory bound lets in. The estimate errs toward admitting:
 it is made only from a rate measured on full batches (the model's saturated drain rate, faster
 than any smaller batch's), and never refuses while less than one full batch is queued ahead.
+A request refused before its body is read may wait briefly for room (`ModelLoop.room`): one such
+request is woken for each request whose items all left the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +47,7 @@ import torch
 
 from service import metrics
 from service.errors import Overloaded
+from service.room import Room
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Item(Generic[V]):
     width: int  # rows it needs in the model batch (its beam size)
     future: asyncio.Future[Any]
     enqueued: float  # time.perf_counter()
+    request: int = 0  # which submit() it came with: the items of one request share it
 
 
 # How fast the measured drain rate follows the latest full batches: each weighs this much.
@@ -128,7 +133,7 @@ class ModelLoop:
         self._task: asyncio.Task[None] | None = None
         # another loop's executor, to take turns with it in the one thread of the same model
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-{model}")
-        self._room = asyncio.Event()  # set (and replaced) whenever items leave the queue
+        self.room = Room()  # requests held for room (Overloaded.room), woken as requests leave the queue
 
     def start(self) -> None:
         """Start the loop on the running event loop."""
@@ -170,14 +175,14 @@ class ModelLoop:
         """Why `items` more may not queue now (Overloaded), else None."""
         if self.queued() + items > self.max_queue:
             return Overloaded(f"{self.model}: {self.queued()} items queued, limit {self.max_queue} "
-                              "(RNNSERVE_MAX_QUEUE); retry later", room=self._room)
+                              "(RNNSERVE_MAX_QUEUE); retry later", room=self.room)
         if self.max_queue_wait_s is None:
             return None
         wait_s = self.expected_wait_s()
         if wait_s is not None and wait_s > self.max_queue_wait_s:
             return Overloaded(f"{self.model}: this request would wait ~{wait_s:.2f} s for the "
                               f"model ({self.queued()} queued ahead), over the {self.max_queue_wait_s:g} "
-                              "s limit (RNNSERVE_MAX_QUEUE_WAIT_S); retry later", room=self._room)
+                              "s limit (RNNSERVE_MAX_QUEUE_WAIT_S); retry later", room=self.room)
         return None
 
     def check_room(self, items: int) -> None:
@@ -187,10 +192,11 @@ class ModelLoop:
         if refusal is not None:
             raise refusal
 
-    def _made_room(self) -> None:
-        """Wake whoever waits for room (Overloaded.room): items left the queue."""
-        self._room.set()
-        self._room = asyncio.Event()
+    def _made_room(self, requests: int) -> None:
+        """Wake as many held requests (Overloaded.room) as `requests` left what a newcomer waits
+        behind: each woken one finds the room one of them left."""
+        if requests > 0:
+            self.room.free(requests)
 
 
 class Batcher(ModelLoop, Generic[V, R]):
@@ -211,6 +217,7 @@ class Batcher(ModelLoop, Generic[V, R]):
         self._queued_work = 0  # work_of(self._queue)
         self._in_flight = False
         self.drain_rate = DrainRate()
+        self._requests = itertools.count(1)  # Item.request
 
     @property
     def busy(self) -> bool:
@@ -227,8 +234,12 @@ class Batcher(ModelLoop, Generic[V, R]):
         return self._queued_work / self.drain_rate.per_s
 
     def _set_queue(self, queue: list[Item[V]]) -> None:
+        """Replace the queue; requests with no item left in it (taken into a batch, or gone) make
+        room for as many newcomers."""
+        left = {item.request for item in self._queue} - {item.request for item in queue}
         self._queue = queue
         self._queued_work = work_of(queue)
+        self._made_room(len(left))
 
     async def close(self) -> None:
         await super().close()
@@ -244,7 +255,8 @@ class Batcher(ModelLoop, Generic[V, R]):
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         widths = widths if widths is not None else [1] * len(values)
-        items = [Item(value, length, width, loop.create_future(), now)
+        request = next(self._requests)
+        items = [Item(value, length, width, loop.create_future(), now, request)
                  for value, length, width in zip(values, lengths, widths, strict=True)]
         observe_length = self._metrics.input_length.observe
         for length in lengths:
@@ -277,7 +289,6 @@ class Batcher(ModelLoop, Generic[V, R]):
             taken = set(map(id, batch))
             self._set_queue([item for item in self._queue
                              if id(item) not in taken and not item.future.done()])
-            self._made_room()
             # Woken from idle by one short item and nothing else, after a batch of one, while the
             # worker's other models rest: the load is light, with no other request to parse and no
             # other model to feed while this one runs. (After a larger batch more requests are on

@@ -20,6 +20,7 @@ from typing import Any
 from bentoml.exceptions import BentoMLException
 
 from service import metrics
+from service.room import Room
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ DISCONNECTED = "rnnserve.disconnected"
 
 class Overloaded(BentoMLException):
     """A model's queue is full: HTTP 429 with Retry-After, retry later. `room`, when given, is
-    set as soon as items leave that queue: a caller may wait on it briefly and ask again."""
+    where a caller may wait briefly to be woken when a request's worth of room frees, and ask
+    again."""
 
-    def __init__(self, message: str, room: asyncio.Event | None = None):
+    def __init__(self, message: str, room: Room | None = None):
         super().__init__(message, error_code=HTTPStatus.TOO_MANY_REQUESTS)
         self.room = room
 

@@ -203,7 +203,12 @@ class GenerationLoop(ModelLoop):
         return bool(self._active or self._pending)
 
     def queued(self) -> int:
-        return len(self._pending)
+        """Prompts waiting for a row, less those a free row takes at the loop's next turn, and
+        less those whose client left: the moment a sequence ends, one held request is woken
+        (stream's end) and finds the room it left."""
+        running = sum(not g.abandoned for g in self._active)
+        waiting = sum(not g.abandoned for g in self._pending)  # the gone are skipped at joining
+        return max(0, waiting - max(0, self._max_active - running))
 
     def _ahead(self) -> tuple[list[int], list[int]]:
         """What a newcomer waits behind: the characters each running sequence still owes, and the
@@ -284,7 +289,10 @@ class GenerationLoop(ModelLoop):
                         state_out(generation.final)
                     return
         finally:
+            # Finished, failed or gone, it no longer counts ahead of a newcomer (_ahead): one
+            # request held for room may join in its place.
             generation.abandoned = True
+            self._made_room(1)
 
     def check_deadline(self, max_tokens: int) -> None:
         """Raise Overloaded when `max_tokens` more characters, after the queue ahead, would end
@@ -320,8 +328,6 @@ class GenerationLoop(ModelLoop):
                     joining.append(generation)
             for generation in joining:
                 self._metrics.queue_wait_seconds.observe(now - generation.enqueued)
-            if joining:
-                self._made_room()
             try:
                 stepped = await loop.run_in_executor(self._executor, self._run_steps, joining,
                                                      publish_soon)
@@ -353,8 +359,6 @@ class GenerationLoop(ModelLoop):
             generation.pieces.put_nowait(None)
         for generation, error in steps.failed:  # after its characters: the end of its stream
             generation.pieces.put_nowait(error)
-        if steps.finished or steps.failed:
-            self._made_room()  # rows freed: a request held for room may be admitted now
         for endpoint, count in per_endpoint.items():
             metrics.generated_tokens.labels(endpoint).inc(count)
 

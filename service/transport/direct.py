@@ -140,9 +140,10 @@ HOLD_S = 0.25  # how long a request may wait for room in a full queue before its
 class EarlyShedding:
     """Called by the HTTP protocol (service.transport.limits) when a request's headers are in:
     for a POST to one of `endpoints` whose model has no room, an ASGI app run instead of the
-    service's whole middleware stack; else None. That app waits up to HOLD_S for the queue to
-    make room (the model taking its next batch) and then hands the request to the service (`app`),
-    else it answers 429 with Retry-After. The wait costs nothing but a timer, and it keeps a
+    service's whole middleware stack; else None. That app waits up to HOLD_S in line for the
+    queue to make room (service.room: held requests wake oldest first, one per request that left
+    the queue) and then hands the request to the service (`app`), else it answers 429 with
+    Retry-After. The wait costs nothing but a timer, and it keeps a
     client that asks again at once from costing the worker a refusal every millisecond: with
     refusals at their cheapest, a 64-text /sentiment flood still spent a third of the worker's
     CPU on them (reports/reliability.md).
@@ -195,16 +196,16 @@ class EarlyShedding:
         """None once `endpoint` admits a request within HOLD_S, else the last refusal."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_S
+        woken = False
         while error.room is not None and (remaining := deadline - loop.time()) > 0:
-            try:
-                await asyncio.wait_for(error.room.wait(), remaining)
-            except TimeoutError:
+            # woken before but refused (the room went to a request that was not held): keep the turn
+            if not await error.room.wait(remaining, first=woken):
                 break
             try:
                 self.admit(endpoint)
                 return None
             except Overloaded as again:
-                error = again
+                error, woken = again, True
         return error
 
 

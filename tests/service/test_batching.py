@@ -275,10 +275,9 @@ def test_a_full_queue_answers_overloaded():
         with pytest.raises(Overloaded, match="limit 4") as error:
             await batcher.submit([4, 5], [1, 1])
         assert error.value.error_code == 429
-        room = error.value.room
-        assert not room.is_set()
+        held = error.value.room.wait(10)  # a request held for room
         recorder.release.set()
-        await asyncio.wait_for(room.wait(), 10)  # the next batch took the queued items
+        assert await held  # the next batch took the queued items
         batcher.check_room(2)  # and there is room again
         await asyncio.gather(first, queued)
         await batcher.close()
@@ -329,9 +328,9 @@ def test_a_request_is_refused_when_the_work_ahead_would_wait_past_the_limit_at_t
         with pytest.raises(Overloaded, match="RNNSERVE_MAX_QUEUE_WAIT_S") as error:
             batcher.check_room(1)  # 11 take 0.55 s
         assert error.value.error_code == 429
-        room = error.value.room
+        held = error.value.room.wait(10)
         recorder.release.set()
-        await asyncio.wait_for(room.wait(), 10)  # the next batch took two items
+        assert await held  # the next batch took two items
         batcher.check_room(1)
         await asyncio.gather(first, *queued)
         await batcher.close()
@@ -408,3 +407,61 @@ def test_the_drain_rate_is_a_moving_average_of_work_per_second():
     assert rate.per_s == pytest.approx(100 + DRAIN_RATE_WEIGHT * 100)
     rate.add(0, 0.0)  # nothing measured: no change
     assert rate.per_s == pytest.approx(100 + DRAIN_RATE_WEIGHT * 100)
+
+
+class Gate:
+    """A run_batch that doubles numbers, each batch waiting for its own `let_one()`: the test
+    decides when each batch ends, so what the loop does between batches is deterministic."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.started = threading.Semaphore(0)
+        self._pass = threading.Semaphore(0)
+
+    def __call__(self, values: list[int]) -> list[int]:
+        self.batches.append(list(values))
+        self.started.release()
+        self._pass.acquire(timeout=10)
+        return [2 * v for v in values]
+
+    def let_one(self) -> None:
+        self._pass.release()
+
+
+def test_a_batch_wakes_one_held_request_per_request_it_took_and_the_woken_one_is_admitted():
+    gate = Gate()
+
+    async def scenario():
+        batcher = make_batcher(gate, max_batch_size=2, max_queue=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([0], [1]))
+        await asyncio.to_thread(gate.started.acquire, True, 10)  # batch 1 runs
+        queued = [asyncio.create_task(batcher.submit([1, 2], [1, 1])),
+                  asyncio.create_task(batcher.submit([3, 4], [1, 1]))]
+        await asyncio.sleep(0)  # both queued: four items, the limit
+        assert batcher.queued() == 4
+        with pytest.raises(Overloaded) as error:
+            batcher.check_room(2)
+        room = error.value.room
+        held = [asyncio.ensure_future(room.wait(10)) for _ in range(3)]
+        gate.let_one()  # batch 1 ends; batch 2 takes the first request's two items, and runs
+        await asyncio.to_thread(gate.started.acquire, True, 10)
+        await asyncio.wait(held, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0)  # a turn for any other wake to land: none does
+        # two items left the queue, but one request: one held request woke, and it fits
+        assert [task.done() for task in held] == [True, False, False] and room.waiting == 2
+        batcher.check_room(2)
+        woken = asyncio.create_task(batcher.submit([5, 6], [1, 1]))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            batcher.check_room(1)  # the room it was woken for is taken
+        for _ in range(3):
+            gate.let_one()
+        answers = await asyncio.gather(first, *queued, woken)
+        for task in held[1:]:
+            task.cancel()
+        await batcher.close()
+        return answers
+
+    assert asyncio.run(scenario()) == [[0], [2, 4], [6, 8], [10, 12]]
+    assert gate.batches == [[0], [1, 2], [3, 4], [5, 6]]

@@ -399,3 +399,34 @@ def test_a_free_row_is_never_refused_for_the_wait(generator):
     loop._active = [Generation("a", 10**6, 0.8, 0, torch.Generator(), "generate", 0.0)]
     loop._pending.append(Generation("b", 10**6, 0.8, 0, torch.Generator(), "generate", 0.0))
     loop.check_room(1)  # the third row is free
+
+
+def test_each_request_that_ends_wakes_one_held_request_and_the_woken_one_is_admitted(generator):
+    async def scenario():
+        loop = GenerationLoop("test", generator, max_active=1, max_queue=1)
+        loop.start()
+        running = loop.stream("a", 10**6, 0.8, 0, 1, "generate")
+        await anext(running)  # it has the one row
+        waiting = asyncio.create_task(collect(loop, "b", 5, seed=1))
+        await asyncio.sleep(0)  # it waits for the row
+        assert loop.queued() == 1
+        with pytest.raises(Overloaded) as error:
+            loop.check_room(1)
+        room = error.value.room
+        held = [asyncio.ensure_future(room.wait(10)) for _ in range(3)]
+        await running.aclose()  # its client went away: the waiting request takes its row
+        await asyncio.wait(held, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0)  # a turn for any other wake to land: none does
+        assert [task.done() for task in held] == [True, False, False] and room.waiting == 2
+        loop.check_room(1)  # the woken one fits: the queue holds nothing a free row won't take
+        woken = asyncio.create_task(collect(loop, "c", 5, seed=2))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            loop.check_room(1)  # and the room it was woken for is taken
+        texts = [text for text, _ in await asyncio.gather(waiting, woken)]
+        await asyncio.wait(held, return_when=asyncio.ALL_COMPLETED)
+        assert all(task.result() for task in held)  # one wake per request that ended
+        await loop.close()
+        return texts
+
+    assert asyncio.run(scenario()) == [generator.generate("b", 5, seed=1), generator.generate("c", 5, seed=2)]

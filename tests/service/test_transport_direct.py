@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service import metrics
 from service.errors import ErrorCounting, Overloaded
+from service.room import Room
 from service.transport.direct import DirectEndpoints, EarlyShedding
 from service.transport.timeout import fix_bentoml_timeout_middleware
 
@@ -286,7 +287,7 @@ def test_early_shedding_leaves_a_request_without_the_token_to_get_its_401(monkey
 
 
 def test_early_shedding_holds_a_request_until_the_queue_makes_room_then_hands_it_on():
-    room = asyncio.Event()
+    room = Room()
     full = {"now": True}
 
     def admit_with_room(endpoint: str) -> None:
@@ -308,8 +309,9 @@ def test_early_shedding_holds_a_request_until_the_queue_makes_room_then_hands_it
         task = asyncio.create_task(hold({"type": "http", "path": "/echo"}, None, send))
         await asyncio.sleep(0)
         assert not task.done() and sent == []  # waiting for room, nothing answered
+        assert room.waiting == 1
         full["now"] = False
-        room.set()  # the model took a batch
+        room.free(1)  # the model took a request's items into a batch
         await task
 
     asyncio.run(scenario())
@@ -318,7 +320,7 @@ def test_early_shedding_holds_a_request_until_the_queue_makes_room_then_hands_it
 
 def test_early_shedding_refuses_after_holding_when_no_room_comes(monkeypatch):
     monkeypatch.setattr("service.transport.direct.HOLD_S", 0.01)
-    room = asyncio.Event()
+    room = Room()
 
     def never_room(endpoint: str) -> None:
         raise Overloaded(f"{endpoint}: still full", room=room)
