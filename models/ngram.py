@@ -104,6 +104,14 @@ class NgramLogistic(nn.Module):
         score = torch.zeros(batch).index_add_(0, row, weight * self.coef.float()[column])  # (B,)
         return score / norm.clamp(min=torch.finfo(torch.float32).tiny) + self.intercept.float()
 
+    def log_odds(self, texts: list[list[int]]) -> Tensor:
+        """(B,) decision values for texts' word ids: forward's, without building tensors for a
+        batch that takes the dictionary path."""
+        if len(texts) <= LOOKUP_MAX_TEXTS:
+            rows = [row for row, text in enumerate(texts) for _ in text]
+            return self._by_lookup([i for text in texts for i in text], rows, len(texts))
+        return self(*flat_ids(texts), len(texts))
+
     def _by_lookup(self, ids: list[int], rows: list[int], batch: int) -> Tensor:
         """forward's sums for a few texts, feature by feature from a dictionary."""
         table = self._features()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from models.artifact import check_vocab_size, load_weights, read_config, record_checksums, save_module
 from models.names import LABELS
-from models.ngram import NgramLogistic, flat_ids
+from models.ngram import NgramLogistic
 from models.rnn import make_rnn, recurrence, run_padded
 from models.text import sentiment_tokens
 from models.vocab import PAD_ID, UNK_ID, Vocab
@@ -296,7 +296,7 @@ class SentimentClassifier:
         recurrent = logits[:, positive] - logits[:, 1 - positive]
         if self.module.ngram is None:
             return recurrent, None
-        return recurrent, self.module.ngram(*flat_ids([t.words for t in texts]), len(texts))
+        return recurrent, self.module.ngram.log_odds([t.words for t in texts])
 
     def projected(self) -> ProjectedLSTM | None:
         """The fast path (`ProjectedLSTM`) for the module and weights as they are now, built on
@@ -316,7 +316,7 @@ class SentimentClassifier:
         """Probabilities (B, C) for already-encoded texts, in float32 whatever the model's dtype."""
         logits = self._recurrent_logits(texts)  # (B, C)
         if self.module.ngram is not None:
-            logits = self.combine(logits, self.module.ngram(*flat_ids([t.words for t in texts]), len(texts)))
+            logits = self.combine(logits, self.module.ngram.log_odds([t.words for t in texts]))
         return torch.softmax(logits.float(), dim=-1)
 
     def predict_proba(self, texts: list[str]) -> Tensor:

@@ -77,6 +77,8 @@ def test_the_decision_is_sklearns_tfidf_and_logistic_regression(sublinear_tf, ma
     got = part(*flat_ids(unseen), len(unseen))
     by_lookup = torch.cat([part(*flat_ids(unseen[i:i + 3]), len(unseen[i:i + 3]))
                            for i in range(0, len(unseen), 3)])
+    from_lists = torch.cat([part.log_odds(unseen[i:i + 3]) for i in range(0, len(unseen), 3)])
+    assert torch.equal(from_lists, by_lookup) and torch.equal(part.log_odds(unseen), got)
     for decisions in (got, by_lookup):
         assert decisions.dtype == torch.float32
         assert torch.allclose(decisions.double(), torch.tensor(expected), atol=1e-5, rtol=1e-5)
