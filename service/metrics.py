@@ -40,6 +40,10 @@ time_to_first_token_seconds = Histogram("rnnserve_time_to_first_token_seconds", 
                                         ["endpoint"], buckets=SECONDS_BUCKETS)
 errors = Counter("rnnserve_errors", "Failed requests by endpoint and kind (validation, "
                  "client, overloaded, timeout, internal, disconnected)", ["endpoint", "kind"])
+shed_before_body = Counter("rnnserve_shed_before_body", "Requests to a full model answered 429 by "
+                           "the HTTP protocol before their body was read: in rnnserve_errors_total "
+                           "{kind=overloaded} too, but never reaching bentoml_service_request_total",
+                           ["endpoint"])
 active_sequences = Gauge("rnnserve_active_sequences", "Sequences in the running generation "
                          "batch", multiprocess_mode="livesum")
 gc_pause_seconds = Histogram("rnnserve_gc_pause_seconds", "Python garbage collection pauses of "

@@ -27,6 +27,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from service import metrics
 from service.errors import RETRY_AFTER_S, Overloaded, count, shed_log
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class EarlyShedding:
     def __init__(self, endpoints: Mapping[str, str], admit: Callable[[str], None], server_header: str,
                  token: str = ""):
         self.endpoints = {path.encode(): endpoint for path, endpoint in endpoints.items()}
+        for endpoint in set(endpoints.values()):  # exported at 0 from the start, for rates and alerts
+            metrics.shed_before_body.labels(endpoint)
         self.admit = admit
         self.expected = f"Bearer {token}".encode() if token else b""
         self.headers = [(b"content-type", JSON), (b"server", server_header.encode()), RETRY_AFTER]
@@ -185,6 +188,7 @@ class EarlyShedding:
                     return
             shed_log.warning("shed a request to /%s: %s", endpoint, refusal)
             count(endpoint, "overloaded")
+            metrics.shed_before_body.labels(endpoint).inc()  # BentoML's request counter never sees it
             payload = json_body([{"error": str(refusal)}])
             await send({"type": "http.response.start", "status": refusal.error_code.value,
                         "headers": [*self.headers, (b"content-length", str(len(payload)).encode())]})

@@ -269,9 +269,11 @@ def test_early_shedding_answers_a_full_models_post_and_lets_everything_else_thro
     assert shedding(b"GET", b"/echo", []) is None
     assert shedding(b"POST", b"/other", []) is None
     before = metrics.errors.labels("echo", "overloaded")._value.get()
+    shed_before = metrics.shed_before_body.labels("echo")._value.get()
     refuse = shedding(b"POST", b"/echo", [])
     status, headers, body = call(refuse, "POST", "/echo", b'{"text": "hi"}')
     assert metrics.errors.labels("echo", "overloaded")._value.get() == before + 1
+    assert metrics.shed_before_body.labels("echo")._value.get() == shed_before + 1
     assert (status, json.loads(body)) == (429, [{"error": "echo: 9 items queued, limit 9; retry later"}])
     assert headers[b"retry-after"] == b"1" and int(headers[b"content-length"]) == len(body)
     FULL["now"] = False
