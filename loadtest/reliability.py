@@ -300,7 +300,7 @@ async def _overload_then_recovery(url: str, path: str, bodies: list[dict], secon
     recovery_stop = time.perf_counter()
     overloaded = await overload_task
     recovery = await recovery_task
-    return ([a for a in overloaded if window_start <= a.started + a.seconds <= recovery_start],
+    return ([a for a in overloaded if window_start <= ended(a) <= recovery_start],
             overloaded, recovery, recovery_start, recovery_stop)
 
 
@@ -627,11 +627,11 @@ def kill_a_worker(ctx: Context) -> Scenario:
     answers = run(load_and_kill())
     kill = killed_at[0]
     back = wait_for_workers(ctx.server, len(workers), 60)
-    before = [a for a in answers if a.started + a.seconds < kill]
-    after = [a for a in answers if a.started + a.seconds >= kill]
+    before = [a for a in answers if ended(a) < kill]
+    after = [a for a in answers if ended(a) >= kill]
     bins: dict[int, list[Answer]] = {}
     for answer in after:
-        bins.setdefault(int((answer.started + answer.seconds - kill) * 2), []).append(answer)
+        bins.setdefault(int((ended(answer) - kill) * 2), []).append(answer)
     rate_before = ok_rate(before, kill - started)
     # the first half second after the kill with answers flowing at half the rate before or more
     recovered = next((index / 2 for index, group in sorted(bins.items())
