@@ -322,8 +322,13 @@ class SentimentClassifier:
     def predict_proba(self, texts: list[str]) -> Tensor:
         return self.predict_ids([self.encode(t) for t in texts])
 
-    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        save_module(directory, TASK, self.module.config, self.module, dtype)
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float32,
+             int8_embeddings: bool = False) -> None:
+        """Write the artifact; `int8_embeddings` stores the word and subword tables (most of the
+        bytes) as int8 rows with a `dtype` scale each (models.artifact.save_module)."""
+        tables = ("embedding.weight",) + (("subwords.weight",) if self.module.subwords is not None else ())
+        save_module(directory, TASK, self.module.config, self.module, dtype,
+                    int8_rows=tables if int8_embeddings else ())
         self.vocab.save(Path(directory) / VOCAB_FILE)
         record_checksums(directory)
 

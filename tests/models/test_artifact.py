@@ -18,9 +18,11 @@ from models import integrity
 from models.artifact import (
     CHECKSUMS_FILE,
     CONFIG_FILE,
+    ROW_SCALE_SUFFIX,
     WEIGHTS_FILE,
     ArtifactError,
     check_vocab_size,
+    quantize_rows,
     read_config,
     record_checksums,
     write_json,
@@ -116,6 +118,59 @@ def test_fp16_save_load_is_stable_and_close(case, tmp_path):
     # rounding to fp16 moves the weights, but only by fp16's precision
     for name, value in pipeline.module.state_dict().items():
         torch.testing.assert_close(first.module.state_dict()[name], value, atol=1e-3, rtol=1e-3)
+
+
+def test_int8_rows_are_within_half_a_step_and_a_zero_row_stays_zero():
+    weight = torch.randn(6, 40) * torch.tensor([[0.01], [1.0], [30.0], [0.0], [2.0], [5.0]])
+    rows, scale = quantize_rows(weight, torch.float16)
+    assert rows.dtype == torch.int8 and scale.dtype == torch.float16 and scale.shape == (6, 1)
+    assert rows.abs().max() == 127
+    restored = rows.float() * scale.float()
+    assert torch.all((restored - weight).abs() <= scale.float() / 2 + 1e-6)
+    assert torch.equal(restored[3], torch.zeros(40))
+
+
+@pytest.mark.parametrize("subword_buckets", [0, 50])
+def test_int8_embeddings_halve_the_tables_and_answer_as_the_float_weights(subword_buckets, tmp_path):
+    pipeline = make_tiny_sentiment(subword_buckets=subword_buckets)
+    pipeline.save(tmp_path / "fp16", dtype=torch.float16)
+    pipeline.save(tmp_path / "int8", dtype=torch.float16, int8_embeddings=True)
+    stored = load_file(tmp_path / "int8" / WEIGHTS_FILE)
+    tables = ["embedding.weight"] + (["subwords.weight"] if subword_buckets else [])
+    for name in tables:
+        assert stored[name].dtype == torch.int8
+        assert stored[name + ROW_SCALE_SUFFIX].shape == (stored[name].shape[0], 1)
+    assert sorted(k for k in stored if k.endswith(ROW_SCALE_SUFFIX)) == [t + ROW_SCALE_SUFFIX for t in tables]
+    sizes = {kind: (tmp_path / kind / WEIGHTS_FILE).stat().st_size for kind in ("fp16", "int8")}
+    assert sizes["int8"] < sizes["fp16"]
+    loaded = SentimentClassifier.load(tmp_path / "int8")
+    assert all(p.dtype == torch.float32 for p in loaded.module.parameters())
+    for name in tables:  # each value within half its row's step
+        step = stored[name + ROW_SCALE_SUFFIX].float()
+        assert torch.all((loaded.module.state_dict()[name] - pipeline.module.state_dict()[name]).abs()
+                         <= step / 2 + 1e-3 * step + 1e-6)
+    torch.testing.assert_close(sentiment_outputs(loaded)[0], sentiment_outputs(pipeline)[0],
+                               atol=0.02, rtol=0)
+
+
+def test_int8_rows_whose_scales_do_not_fit_are_refused(tmp_path):
+    make_tiny_sentiment().save(tmp_path, dtype=torch.float16, int8_embeddings=True)
+    path = tmp_path / WEIGHTS_FILE
+    state = load_file(path)
+    key = "embedding.weight" + ROW_SCALE_SUFFIX
+    state[key] = state[key][:-1].contiguous()  # one scale short
+    save_file(state, path)
+    record_checksums(tmp_path)
+    with pytest.raises(ArtifactError, match="does not scale the rows"):
+        SentimentClassifier.load(tmp_path)
+
+
+def test_only_2d_tensors_of_the_module_can_be_int8_rows(tmp_path):
+    from models.artifact import save_module
+
+    pipeline = make_tiny_sentiment()
+    with pytest.raises(ValueError, match="not 2-D tensors"):
+        save_module(tmp_path, "sentiment", pipeline.module.config, pipeline.module, int8_rows=("nope",))
 
 
 def corrupt_tokenizer(case: Case, pipeline, folder: Path) -> None:
