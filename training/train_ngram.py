@@ -7,7 +7,11 @@ texts, fit how the two parts' log-odds combine on dev, write the combined artifa
 The n-gram part (models.ngram) reads the token ids the RNN reads (its normaliser, its cut, its
 vocabulary: a word it lacks is UNK), as word unigrams and bigrams; features seen in fewer than
 --min-df training texts are dropped and at most --max-features of the most frequent kept, which
-bounds the artifact (8 bytes per feature: an int32 key, float16 idf and coefficient). The
+bounds the artifact (8 bytes per feature: an int32 key, float16 idf and coefficient). The word
+and subword embedding tables, most of the recurrent part's bytes, are stored as int8 rows with a
+float16 scale each (--int8-embeddings): that halves the artifact, which makes room for the
+n-gram part's features within models/pretrained/'s budget; the dev scores below are those of the
+artifact as saved. The
 regression's C, and what one FDU-MTL review weighs in it against an SST-2 phrase, are chosen on
 dev by the RNN's selection metric (the mean of SST-2 dev accuracy and the FDU-MTL dev accuracy
 averaged over its domains) of the combined model they make: the part is there to be combined,
@@ -67,10 +71,12 @@ FDU_WEIGHTS = (1.0, 3.0, 5.0, 8.0, 12.0, 20.0, 30.0)
 class RunConfig:
     rnn: str = help_field("", "the trained sentiment RNN: an artifact folder or a store tag "
                           "(name:version)")
-    max_features: int = help_field(30000, "most n-gram features kept, the most frequent (8 bytes "
+    max_features: int = help_field(200000, "most n-gram features kept, the most frequent (8 bytes "
                                    "each in the artifact)", minimum=1)
     min_df: int = help_field(2, "keep n-grams seen in at least this many training texts", minimum=1)
     sublinear_tf: bool = help_field(True, "tf = 1 + ln(count) instead of the count")
+    int8_embeddings: bool = help_field(True, "store the word and subword embedding tables as int8 "
+                                       "rows with a float16 scale each (half their bytes)")
     combination: str = help_field("auto", "how the parts' log-odds combine, fitted on dev "
                                   "(auto: the better on dev of logreg and grid)",
                                   choices=COMBINATIONS)
@@ -199,13 +205,14 @@ def fit_grid(log_odds: dict[str, tuple[torch.Tensor, torch.Tensor]],
     return w, round(1 - w, 2), 0.0
 
 
-def save_combined(model: SentimentClassifier, directory: Path) -> SentimentClassifier:
-    """Save as shipped (float16 weights) and load it back: what is scored is what ships."""
-    model.save(directory, dtype=torch.float16)
+def save_combined(model: SentimentClassifier, directory: Path, int8_embeddings: bool) -> SentimentClassifier:
+    """Save as shipped (float16 weights, the embedding tables int8 rows if asked) and load it
+    back: what is scored is what ships."""
+    model.save(directory, dtype=torch.float16, int8_embeddings=int8_embeddings)
     return SentimentClassifier.load(directory)
 
 
-def card_summary(source: Path, config: dict, ngram: dict, combination: dict) -> str:
+def card_summary(source: Path, config: dict, ngram: dict, combination: dict, int8_embeddings: bool) -> str:
     """The RNN's own card summary, then what the n-gram part and the combination add."""
     card = (source / CARD_FILE).read_text(encoding="utf-8") if (source / CARD_FILE).is_file() else ""
     lines = card.split("\n## Test metrics")[0].splitlines()[1:]  # below its title
@@ -222,7 +229,10 @@ def card_summary(source: Path, config: dict, ngram: dict, combination: dict) -> 
             "training/train_ngram.py). /sentiment's explain shows this combined model: its "
             "trajectory is P(positive) of the combined model after each prefix, its importance "
             "the combined model's drop when one token is left out.\n\n"
-            f"Recurrent part: {rnn_source(source)}.")
+            f"Recurrent part: {rnn_source(source)}."
+            + ("\n\nStorage: float16 weights, the word and subword embedding tables as int8 rows "
+               "with a float16 scale each (half their bytes); every score here is the artifact's as "
+               "saved." if int8_embeddings else ""))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     module.load_state_dict({**rnn.module.state_dict(),
                             **{f"ngram.{k}": v for k, v in ngram.state_dict().items()}})
     work = Path(tempfile.mkdtemp(prefix=f"{NAME}-ngram-"))
-    model = save_combined(SentimentClassifier(module.eval(), rnn.vocab), work)
+    model = save_combined(SentimentClassifier(module.eval(), rnn.vocab), work, run.int8_embeddings)
 
     # both parts' log-odds on dev, from the artifact as saved
     log_odds = {name: part_log_odds(model, pairs) for name, pairs in dev_sets.items()}
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     mix_rnn, mix_ngram, mix_bias = fitted[method]
     config = replace(config, mix_rnn=mix_rnn, mix_ngram=mix_ngram, mix_bias=mix_bias)
     model.module.config = config
-    model = save_combined(model, work)
+    model = save_combined(model, work, run.int8_embeddings)
 
     def scores(split: str) -> dict:
         every = sentiment_scores(model, sst2[split], fdu[split])
@@ -288,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ngram": {"dev": ngram_dev, "features": config.ngram_features, "min_df": run.min_df,
                   "max_features": run.max_features, "sublinear_tf": run.sublinear_tf},
         "combination": combination,
+        "storage": {"floats": "float16",
+                    "embedding_tables": "int8 rows, float16 scales" if run.int8_embeddings else "float16"},
         "recurrent_part": {"source": rnn_source(source), "command": rnn_metrics.get("command"),
                            "best_epoch": rnn_metrics.get("best_epoch"),
                            "epochs_run": rnn_metrics.get("epochs_run"),
@@ -306,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(work / METRICS_FILE, metrics)
     card_config = json.loads((work / CONFIG_FILE).read_text())["model"]
     (work / CARD_FILE).write_text(model_card(
-        NAME, card_summary(source, card_config, metrics["ngram"], combination), card_config, metrics),
+        NAME, card_summary(source, card_config, metrics["ngram"], combination,
+                                  run.int8_embeddings), card_config, metrics),
         encoding="utf-8")
     if (source / CURVE_FILE).is_file():  # the recurrent part's training curve
         shutil.copy2(source / CURVE_FILE, work / CURVE_FILE)
