@@ -16,12 +16,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from models.text import LATEST_NORMALIZER, sentiment_tokens
 
 log = logging.getLogger(__name__)
 
 C_GRID = (1.0, 4.0, 16.0, 64.0)  # inverse regularisation strengths tried, picked on dev
+# lbfgs solved to a tight tolerance: at scikit-learn's default (1e-4) it stops tens of iterations
+# short of the optimum, at a point that moves with the BLAS thread count, and so did the C chosen
+TOL = 1e-6
+MAX_ITER = 20000
 DATA_CHOICES = ("sst2", "sst2+fdu_mtl")
 
 
@@ -31,6 +36,7 @@ class BagOfWords:
 
     predict: Callable[[Sequence[str]], list[int]]
     c: float
+    pipeline: Any = None  # the fitted scikit-learn pipeline (vectorizer, regression)
 
 
 def fit(pairs: Sequence[tuple[str, int]], c: float, normalizer: int = LATEST_NORMALIZER) -> BagOfWords:
@@ -43,9 +49,9 @@ def fit(pairs: Sequence[tuple[str, int]], c: float, normalizer: int = LATEST_NOR
     pipeline = make_pipeline(
         TfidfVectorizer(analyzer=partial(_bigrams, normalizer=normalizer), min_df=2,
                         sublinear_tf=True),
-        LogisticRegression(C=c, max_iter=2000))
+        LogisticRegression(C=c, max_iter=MAX_ITER, tol=TOL))
     pipeline.fit([text for text, _ in pairs], [label for _, label in pairs])
-    return BagOfWords(lambda texts: pipeline.predict(list(texts)).tolist(), c)
+    return BagOfWords(lambda texts: pipeline.predict(list(texts)).tolist(), c, pipeline)
 
 
 def _bigrams(text: str, normalizer: int) -> list[str]:
