@@ -153,6 +153,16 @@ def test_int8_embeddings_halve_the_tables_and_answer_as_the_float_weights(subwor
                                atol=0.02, rtol=0)
 
 
+def test_an_int8_artifact_saved_again_stores_the_same_rows_and_scales(tmp_path):
+    """train_ngram saves, loads and saves again: the second save must not move the weights."""
+    save = partial(SentimentClassifier.save, dtype=torch.float16, int8_embeddings=True)
+    save(make_tiny_sentiment(subword_buckets=50), tmp_path / "first")
+    save(SentimentClassifier.load(tmp_path / "first"), tmp_path / "second")
+    first, second = (load_file(tmp_path / name / WEIGHTS_FILE) for name in ("first", "second"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
 def test_int8_rows_whose_scales_do_not_fit_are_refused(tmp_path):
     make_tiny_sentiment().save(tmp_path, dtype=torch.float16, int8_embeddings=True)
     path = tmp_path / WEIGHTS_FILE
