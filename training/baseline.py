@@ -74,6 +74,8 @@ def domain_scores(model: BagOfWords, domains: dict[str, list[tuple[str, int]]]) 
 def train_and_select(sst2: dict, fdu: dict, data: str) -> tuple[BagOfWords, dict[str, float]]:
     """Fit one model per C in C_GRID on `data`'s training texts, keep the best on dev (the RNN's
     selection metric: the mean of SST-2 dev accuracy and the FDU-MTL dev mean over domains)."""
+    from training.evaluate import selection_metric  # evaluate imports this module for its baselines
+
     train = list(sst2["train"])
     if data == "sst2+fdu_mtl":
         train += [pair for domain in sorted(fdu["train"]) for pair in fdu["train"][domain]]
@@ -82,7 +84,7 @@ def train_and_select(sst2: dict, fdu: dict, data: str) -> tuple[BagOfWords, dict
         model = fit(train, c)
         dev = {"sst2_accuracy": accuracy(model, sst2["dev"]),
                "fdu_mean_accuracy": domain_scores(model, fdu["dev"])["mean"]}
-        dev["selection"] = round((dev["sst2_accuracy"] + dev["fdu_mean_accuracy"]) / 2, 2)
+        dev["selection"] = selection_metric(dev["sst2_accuracy"], dev["fdu_mean_accuracy"])
         log.info("tf-idf + logreg on %s, C=%s: dev %s", data, c, dev)
         if best_dev is None or dev["selection"] > best_dev["selection"]:
             best, best_dev = model, dev

@@ -104,6 +104,12 @@ def domain_accuracy(model: SentimentClassifier,
     return {**scores, "mean": round(sum(scores.values()) / len(scores), 2)}
 
 
+def selection_metric(sst2_accuracy: float, fdu_mean_accuracy: float) -> float:
+    """What picks a sentiment model on dev: the mean of SST-2 dev accuracy and the FDU-MTL dev
+    mean over domains, so each set counts the same whatever its size."""
+    return round((sst2_accuracy + fdu_mean_accuracy) / 2, 2)
+
+
 @torch.inference_mode()
 def char_loss(model: CharGenerator, text: str, window: int = WINDOW, batch_size: int = 64,
               max_windows: int | None = None) -> dict[str, float]:

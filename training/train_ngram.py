@@ -52,7 +52,7 @@ from models.vocab import UNK_ID
 from training import data
 from training.artifact_writer import git_commit, model_card
 from training.devices import hardware
-from training.evaluate import folder_row, mixed_accuracy, part_log_odds, sentiment_scores
+from training.evaluate import folder_row, mixed_accuracy, part_log_odds, selection_metric, sentiment_scores
 from training.flags import help_field, parse_config
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def fit_ngram(model: SentimentClassifier, train: list[tuple[str, int]], reviews:
         combined = max(selection(log_odds, dev_labels, fit(log_odds, dev_labels))
                        for fit in (fit_logreg, fit_grid))
         dev = {"c": c, "fdu_weight": fdu_weight, "sst2_accuracy": sst2, "fdu_mean_accuracy": fdu,
-               "selection": round((sst2 + fdu) / 2, 2), "combined_selection": combined}
+               "selection": selection_metric(sst2, fdu), "combined_selection": combined}
         log.info("n-gram part, C=%s, review weight %s: dev %s", c, fdu_weight, dev)
         if best_dev is None or dev["combined_selection"] > best_dev["combined_selection"]:
             best, best_dev = regression, dev
@@ -174,7 +174,7 @@ def selection(log_odds: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: di
     """The selection metric of `mix` on dev: the mean of SST-2 accuracy and the FDU-MTL mean."""
     scores = {name: mixed_accuracy(log_odds[name], labels[name], mix) for name in log_odds}
     sst2 = scores.pop("sst2")
-    return round((sst2 + sum(scores.values()) / len(scores)) / 2, 2)
+    return selection_metric(sst2, sum(scores.values()) / len(scores))
 
 
 def fit_logreg(log_odds: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {**combined, "parts": every}
 
     validation = scores("dev")
-    validation["selection"] = round((validation["accuracy"] + validation["fdu_mean_accuracy"]) / 2, 2)
+    validation["selection"] = selection_metric(validation["accuracy"], validation["fdu_mean_accuracy"])
     log.info("combined (%s) on dev: %s", method, validation)
     test = scores("test") if run.test else {}
     if test:

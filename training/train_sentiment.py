@@ -23,7 +23,7 @@ from models.sentiment import SentimentClassifier, SentimentConfig, SentimentRNN,
 from models.text import LATEST_NORMALIZER, NORMALIZERS, sentiment_tokens
 from models.vocab import Vocab
 from training import artifact_writer, batching, checkpoints, data, devices, flags, loop, store
-from training.evaluate import domain_accuracy, sentiment_accuracy
+from training.evaluate import domain_accuracy, selection_metric, sentiment_accuracy
 from training.flags import help_field
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def dev_scores(model: SentimentClassifier, sst2_dev: list[tuple[str, int]],
     scores = {"sst2_accuracy": sentiment_accuracy(model, sst2_dev)["accuracy"]}
     if fdu_dev:
         scores["fdu_mean_accuracy"] = domain_accuracy(model, fdu_dev)["mean"]
-        scores["selection"] = round((scores["sst2_accuracy"] + scores["fdu_mean_accuracy"]) / 2, 2)
+        scores["selection"] = selection_metric(scores["sst2_accuracy"], scores["fdu_mean_accuracy"])
     else:
         scores["selection"] = scores["sst2_accuracy"]
     return scores
