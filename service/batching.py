@@ -192,12 +192,6 @@ class ModelLoop:
         if refusal is not None:
             raise refusal
 
-    def _made_room(self, requests: int) -> None:
-        """Wake as many held requests (Overloaded.room) as `requests` left what a newcomer waits
-        behind: each woken one finds the room one of them left."""
-        if requests > 0:
-            self.room.free(requests)
-
 
 class Batcher(ModelLoop, Generic[V, R]):
     """Batches `run_batch(values) -> results` (one result per value, same order) for one model."""
@@ -235,11 +229,12 @@ class Batcher(ModelLoop, Generic[V, R]):
 
     def _set_queue(self, queue: list[Item[V]]) -> None:
         """Replace the queue; requests with no item left in it (taken into a batch, or gone) make
-        room for as many newcomers."""
+        room for as many newcomers: each held request woken (Overloaded.room) finds the room one
+        of them left."""
         left = {item.request for item in self._queue} - {item.request for item in queue}
         self._queue = queue
         self._queued_work = work_of(queue)
-        self._made_room(len(left))
+        self.room.free(len(left))
 
     async def close(self) -> None:
         await super().close()

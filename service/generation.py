@@ -292,7 +292,7 @@ class GenerationLoop(ModelLoop):
             # Finished, failed or gone, it no longer counts ahead of a newcomer (_ahead): one
             # request held for room may join in its place.
             generation.abandoned = True
-            self._made_room(1)
+            self.room.free(1)
 
     def check_deadline(self, max_tokens: int) -> None:
         """Raise Overloaded when `max_tokens` more characters, after the queue ahead, would end
